@@ -1,0 +1,21 @@
+"""Errors raised by ``pipeline``. One base class; every class carries the CLI exit code it maps to."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error raised by the ``pipeline`` package."""
+
+    exit_code: int = 2
+
+
+class PipelineInputError(PipelineError, ValueError):
+    """A bad prompt, image, parameter or path."""
+
+    exit_code = 2
+
+
+class PrivacyRefusal(PipelineError):
+    """The pipeline refuses to run a query (e.g. mismatched mechanisms across shards); nothing was released."""
+
+    exit_code = 3
