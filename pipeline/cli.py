@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline import cli_audit, cli_budget, cli_generate, cli_index
+from pipeline import cli_audit, cli_budget, cli_generate, cli_index, cli_train
 
 EPILOG = "Exit codes: 0 ok, 1 unexpected failure, 2 bad input, 3 privacy refusal (nothing released or charged)."
 
@@ -28,6 +28,7 @@ app.add_typer(cli_index.app, name="index")
 app.add_typer(cli_budget.app, name="budget")
 cli_generate.register(app)
 cli_audit.register(app)
+cli_train.register(app)
 
 
 def _version(value: bool) -> None:
