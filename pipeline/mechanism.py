@@ -1,0 +1,334 @@
+"""The DP-RDM retrieval mechanism as small pure functions: Poisson subsample → top-k → mean → Gaussian noise.
+
+Mechanism (one private query, ``../shared/notes/dp-rdm.md`` §1.2 and §7):
+
+1. :func:`poisson_subsample` keeps every record independently with probability ``q``, fresh per query;
+2. :func:`subsample_topk` scores *only* the kept records against the unit query and takes the ``k`` best
+   (ties broken by the smaller id); it never looks at a record outside the sample;
+3. :func:`aggregate` returns ``(1/k) · Σ`` of the ≤ k accepted unit embeddings, a missing neighbour counting
+   as a zero vector;
+4. :func:`privatize` adds ``N(0, σ² I_d)``.
+
+Privacy: under add/remove-one adjacency, adding or removing one record changes the mean of step 3 by at most
+``2/k`` in L2 norm (a new record can only displace the k-th neighbour; a missing neighbour is a zero vector,
+never a reused record). Steps 1–4 are therefore the Poisson-subsampled Gaussian mechanism with noise multiplier
+``z = σ / (2/k) = kσ/2``, accounted by ``accountant`` with dp-accounting's RDP accountant on
+``PoissonSampledDpEvent(q, GaussianDpEvent(kσ/2))``.
+
+Randomness is always an argument. Production callers pass :func:`secure_rng` (seeded from ``secrets``; the seed
+is never stored or logged); tests may pass a seeded generator. Noise is a floating-point Gaussian (accepted
+residual risk, ``../shared/notes/accounting.md`` §6): the released vector only reaches users through the
+decoder's images, never bit-exactly through the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import secrets
+
+import faiss
+import numpy as np
+
+from pipeline.errors import PipelineInputError
+
+__all__ = ["aggregate", "poisson_subsample", "privatize", "secure_rng", "subsample_topk"]
+
+# Above this rate one uniform draw per record (a Bernoulli mask) is cheaper than one geometric gap per kept record.
+_MASK_ABOVE_Q = 0.2
+# How far a row norm may exceed 1 (float32 round-off of a normalised embedding) before it is an error.
+_UNIT_TOLERANCE = 1e-3
+
+
+def secure_rng() -> np.random.Generator:
+    """Return a numpy generator seeded with 128 bits from the OS CSPRNG (``secrets``).
+
+    Used for the Poisson subsample and the Gaussian noise of every private query. The seed lives only inside
+    the generator: it is never returned, stored or logged.
+    """
+    return np.random.Generator(np.random.PCG64(secrets.randbits(128)))
+
+
+def poisson_subsample(n: int, q: float, rng: np.random.Generator) -> np.ndarray:
+    """Draw the positions kept by a Poisson subsample of ``n`` records at rate ``q``, in increasing order.
+
+    Every position is kept independently with probability ``q``. For ``q ≤ 0.2`` the kept positions are drawn
+    directly in O(qn) as cumulative sums of ``Geometric(q)`` gaps (the gap before the next kept record of an
+    i.i.d. Bernoulli(q) sequence is geometric); above that a Bernoulli mask over all ``n`` is cheaper.
+
+    Args:
+        n (`int`): number of records (positions ``0 .. n-1``).
+        q (`float`): inclusion probability, ``0 < q ≤ 1``.
+        rng (`np.random.Generator`): source of randomness; :func:`secure_rng` in production.
+
+    Returns:
+        `np.ndarray`: int64 positions, strictly increasing.
+
+    Raises:
+        PipelineInputError: ``n < 0`` or ``q`` outside ``(0, 1]``.
+    """
+    n = _check_count(n)
+    q = _check_rate(q)
+    _check_rng(rng)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    if q > _MASK_ABOVE_Q:
+        return np.flatnonzero(rng.random(n) < q).astype(np.int64, copy=False)
+    mean = n * q
+    batch = int(mean + 8.0 * math.sqrt(mean) + 32)
+    chunks: list[np.ndarray] = []
+    last = -1  # position of the last kept record so far
+    while True:
+        positions = last + np.cumsum(rng.geometric(q, size=batch), dtype=np.int64)
+        if positions[-1] >= n:
+            chunks.append(positions[: np.searchsorted(positions, n)])
+            break
+        chunks.append(positions)
+        last = int(positions[-1])
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+def subsample_topk(index: faiss.Index, query: np.ndarray, k: int, q: float, rng: np.random.Generator) -> np.ndarray:
+    """Return the ids of the ``k`` best records of a fresh Poisson subsample of ``index``, best first.
+
+    Mechanism: subsample first (:func:`poisson_subsample`, rate ``q``), then score exactly the kept records by
+    inner product with the unit ``query`` and keep the ``k`` highest; equal scores are ordered by the smaller
+    id. Records outside the sample are never scored, and there is no fallback to the full set: a sample with
+    fewer than ``k`` records returns fewer ids (their mean is zero-padded by :func:`aggregate`, keeping the L2
+    sensitivity of the mean at ``2/k`` under add/remove-one; accountant: RDP of
+    ``PoissonSampledDpEvent(q, GaussianDpEvent(kσ/2))``).
+
+    An ``IndexFlatIP`` (bare or inside ``IndexIDMap``/``IndexIDMap2``) is scored by reading the kept rows
+    straight from its storage; any other index is searched with an ``IDSelectorBatch`` of the kept ids (IVF:
+    ``SearchParametersIVF`` with the index's ``nprobe``), ordered by score then id.
+
+    Args:
+        index (`faiss.Index`): the private records, unit vectors of dimension ``index.d``.
+        query (`np.ndarray`): unit query of shape ``(d,)`` or ``(1, d)``.
+        k (`int`): number of neighbours, ``k ≥ 1``.
+        q (`float`): Poisson inclusion probability, ``0 < q ≤ 1``.
+        rng (`np.random.Generator`): :func:`secure_rng` in production.
+
+    Returns:
+        `np.ndarray`: at most ``k`` int64 ids, best first. Never released outside the process.
+
+    Raises:
+        PipelineInputError: bad ``k``, ``q``, ``rng`` or query (wrong dimension, not finite, not unit norm).
+    """
+    ids, _ = _subsample_search(index, query, k, q, rng)
+    return ids
+
+
+def aggregate(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Return the mean of ``k`` neighbours: the sum of the ≤ ``k`` unit rows of ``vectors`` divided by ``k``.
+
+    Fewer than ``k`` rows means the missing neighbours count as zero vectors (the reference code reused the
+    last record instead, which breaks the bound). Rows are projected onto the unit ball, so with each row of
+    norm ≤ 1 adding or removing one record changes the result by at most ``2/k`` in L2 norm (add/remove-one
+    adjacency); the result is not private until :func:`privatize` adds noise.
+
+    Args:
+        vectors (`np.ndarray`): ``(m, d)`` accepted neighbour embeddings, ``m ≤ k``, each of unit norm.
+        k (`int`): the mechanism's number of neighbours, ``k ≥ 1``.
+
+    Returns:
+        `np.ndarray`: float32 vector of shape ``(d,)``, norm ≤ 1.
+
+    Raises:
+        PipelineInputError: not a 2-D finite array, more than ``k`` rows, or a row of norm above 1.
+    """
+    k = _check_k(k)
+    rows = np.asarray(vectors, dtype=np.float64)
+    if rows.ndim != 2:
+        raise PipelineInputError(f"vectors must be a 2-D (m, d) array; found shape {rows.shape}; pass one row per neighbour")
+    if rows.shape[0] > k:
+        raise PipelineInputError(f"vectors must have at most k={k} rows; found {rows.shape[0]}; pass only the k accepted neighbours")
+    if not np.isfinite(rows).all():
+        raise PipelineInputError("vectors must be finite; found NaN or inf; rebuild the index from valid embeddings")
+    norms = np.linalg.norm(rows, axis=1)
+    if rows.shape[0] and norms.max() > 1.0 + _UNIT_TOLERANCE:
+        raise PipelineInputError(
+            f"neighbour embeddings must have unit norm; found a norm of {norms.max():.4f}; rebuild the index with normalised embeddings"
+        )
+    # Project the float round-off back onto the unit ball so the 2/k bound holds exactly.
+    rows = rows / np.maximum(norms, 1.0)[:, None]
+    return (rows.sum(axis=0) / k).astype(np.float32)
+
+
+def privatize(aggregate: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Add isotropic Gaussian noise ``N(0, σ² I_d)`` to an aggregate of L2 sensitivity ``2/k``.
+
+    The Gaussian mechanism of DP-RDM: with sensitivity ``2/k`` (add/remove-one) the noise multiplier is
+    ``kσ/2``, accounted as ``PoissonSampledDpEvent(q, GaussianDpEvent(kσ/2))`` by dp-accounting's RDP
+    accountant. ``sigma = 0`` returns the aggregate unchanged (non-private, ε = ∞).
+
+    Args:
+        aggregate (`np.ndarray`): ``(d,)`` output of :func:`aggregate`.
+        sigma (`float`): noise standard deviation per coordinate, ``σ ≥ 0``.
+        rng (`np.random.Generator`): :func:`secure_rng` in production; never a logged seed.
+
+    Returns:
+        `np.ndarray`: float32 ``(d,)`` noisy vector, the only thing a private query releases.
+
+    Raises:
+        PipelineInputError: not a finite 1-D vector, or ``sigma`` negative or not finite.
+    """
+    vector = np.asarray(aggregate, dtype=np.float64)
+    if vector.ndim != 1 or not np.isfinite(vector).all():
+        raise PipelineInputError(f"aggregate must be a finite 1-D vector; found shape {vector.shape}; pass the output of aggregate()")
+    sigma = _check_sigma(sigma)
+    _check_rng(rng)
+    return (vector + rng.normal(0.0, sigma, size=vector.shape)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- internals
+
+
+def _subsample_search(
+    index: faiss.Index, query: np.ndarray, k: int, q: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Subsample, score the kept records and return ``(ids, scores)`` of the ≤ k best, best first.
+
+    The scores stay inside the process: :mod:`pipeline.retrieve` uses them only to merge shards.
+    """
+    k, q = _check_k(k), _check_rate(q)
+    _check_rng(rng)
+    index = faiss.downcast_index(index)
+    vector = _check_query(query, index.d)
+    positions = poisson_subsample(index.ntotal, q, rng)
+    if positions.size == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    flat, id_map = _flat_storage(index)
+    if flat is not None:
+        return _topk_flat(flat, id_map, vector, positions, k)
+    return _topk_selector(index, vector, positions, k)
+
+
+def _flat_storage(index: faiss.Index) -> tuple[faiss.IndexFlat | None, np.ndarray | None]:
+    """Return ``(IndexFlatIP, id view or None)`` when the rows can be read directly, else ``(None, None)``."""
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        inner = faiss.downcast_index(index.index)
+        if isinstance(inner, faiss.IndexFlat) and inner.metric_type == faiss.METRIC_INNER_PRODUCT:
+            return inner, faiss.rev_swig_ptr(index.id_map.data(), index.ntotal)
+        return None, None
+    if isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        return index, None
+    return None, None
+
+
+def _topk_flat(
+    flat: faiss.IndexFlat, id_map: np.ndarray | None, query: np.ndarray, positions: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score exactly the kept rows of a flat storage (no copy of the rows) and select the k best."""
+    scores = np.empty(positions.size, dtype=np.float32)
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(scores), faiss.swig_ptr(query), flat.get_xb(), faiss.swig_ptr(positions),
+        flat.d, 1, positions.size,
+    )
+    chosen = _best_k(scores, positions if id_map is None else id_map[positions], k)
+    kept = positions[chosen]
+    ids = kept.copy() if id_map is None else id_map[kept].astype(np.int64)
+    return ids, scores[chosen]
+
+
+def _topk_selector(index: faiss.Index, query: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Search any other index restricted to the kept ids with an ``IDSelectorBatch``."""
+    kept = np.ascontiguousarray(_record_ids(index)[positions], dtype=np.int64)
+    selector = faiss.IDSelectorBatch(kept.size, faiss.swig_ptr(kept))
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+    else:
+        params = faiss.SearchParameters(sel=selector)
+    distances, labels = index.search(query[None, :], min(k, kept.size), params=params)
+    found = labels[0] >= 0
+    ids, distances = labels[0][found].astype(np.int64), distances[0][found]
+    scores = distances if index.metric_type == faiss.METRIC_INNER_PRODUCT else -distances
+    chosen = _best_k(scores, ids, k)
+    return ids[chosen], scores[chosen].astype(np.float32)
+
+
+def _record_ids(index: faiss.Index) -> np.ndarray:
+    """The id of every record, in storage order (what the Poisson subsample draws positions over)."""
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        return faiss.rev_swig_ptr(index.id_map.data(), index.ntotal)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        lists = ivf.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(lists.nlist) if lists.list_size(i)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    return np.arange(index.ntotal, dtype=np.int64)
+
+
+def _best_k(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, best first, equal scores ordered by the smaller id (exact at the cut)."""
+    if scores.size > k:
+        cut = scores[np.argpartition(scores, scores.size - k)[scores.size - k]]  # k-th highest score
+        candidates = np.flatnonzero(scores >= cut)  # every record tied at the cut competes on its id
+    else:
+        candidates = np.arange(scores.size)
+    order = np.lexsort((ids[candidates], -scores[candidates].astype(np.float64)))
+    return candidates[order[:k]]
+
+
+def _check_query(query: np.ndarray, dim: int) -> np.ndarray:
+    vector = np.asarray(query, dtype=np.float32)
+    if vector.ndim == 2 and vector.shape[0] == 1:
+        vector = vector[0]
+    if vector.shape != (dim,):
+        raise PipelineInputError(f"query must be one vector of dimension {dim}; found shape {vector.shape}; encode it with the index's encoder")
+    if not np.isfinite(vector).all():
+        raise PipelineInputError("query must be finite; found NaN or inf; encode a valid prompt or image")
+    norm = float(np.linalg.norm(vector))
+    if abs(norm - 1.0) > _UNIT_TOLERANCE:
+        raise PipelineInputError(f"query must have unit L2 norm; found {norm:.4f}; divide it by its norm first")
+    return np.ascontiguousarray(vector)
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool):
+        raise PipelineInputError(f"k must be an integer ≥ 1; found {k!r}; pass the scope's k")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise PipelineInputError(f"k must be an integer ≥ 1; found {k!r}; pass the scope's k") from None
+    if k < 1:
+        raise PipelineInputError(f"k must be an integer ≥ 1; found {k}; pass the scope's k")
+    return k
+
+
+def _check_count(n: int) -> int:
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise PipelineInputError(f"n must be a non-negative integer; found {n!r}; pass the number of records") from None
+    if n < 0:
+        raise PipelineInputError(f"n must be a non-negative integer; found {n}; pass the number of records")
+    return n
+
+
+def _check_rate(q: float) -> float:
+    try:
+        q = float(q)
+    except (TypeError, ValueError):
+        raise PipelineInputError(f"q must be a probability in (0, 1]; found {q!r}; pass the scope's q") from None
+    if not (0.0 < q <= 1.0):
+        raise PipelineInputError(f"q must be a probability in (0, 1]; found {q}; pass the scope's q")
+    return q
+
+
+def _check_sigma(sigma: float) -> float:
+    try:
+        sigma = float(sigma)
+    except (TypeError, ValueError):
+        raise PipelineInputError(f"sigma must be a finite number ≥ 0; found {sigma!r}; pass the scope's sigma") from None
+    if not (math.isfinite(sigma) and sigma >= 0.0):
+        raise PipelineInputError(f"sigma must be a finite number ≥ 0; found {sigma}; pass the scope's sigma")
+    return sigma
+
+
+def _check_rng(rng: np.random.Generator) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise PipelineInputError(
+            f"rng must be a numpy Generator; found {type(rng).__name__}; pass pipeline.mechanism.secure_rng()"
+        )
