@@ -1,0 +1,89 @@
+"""``dprdm audit`` in-process: JSON shape, verdict exit codes, one-line input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+runner = CliRunner()
+
+
+def _audit(*args: str):
+    return runner.invoke(app, ["audit", *args])
+
+
+def test_json_shape_of_a_passing_audit():
+    result = _audit("--k", "10", "--q", "1", "--sigma", "1.0", "--delta", "1e-5", "--trials", "200",
+                    "--queries", "100", "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["claimed_epsilon"] == pytest.approx(0.794522033, rel=1e-6)
+    assert payload["empirical_epsilon_lower_bound"] <= payload["claimed_epsilon"]
+    assert payload["passed"] is True
+    assert payload["trials"] == 200 and payload["queries"] == 100
+    assert payload["delta"] == 1e-5 and payload["confidence"] == 0.95
+    assert payload["claimed_epsilon_queries"] > payload["claimed_epsilon"]
+    assert payload["mechanism_rng"] == "secure"
+    assert result.stderr == ""
+
+
+def test_sigma_zero_fails_with_exit_3_and_still_reports():
+    result = _audit("--k", "5", "--q", "1", "--sigma", "0", "--trials", "300", "--json")
+    assert result.exit_code == 3
+    payload = json.loads(result.stdout)
+    assert payload["claimed_epsilon"] is None and payload["passed"] is False
+    assert payload["empirical_epsilon_lower_bound"] > 3.0
+    error = json.loads(result.stderr)["error"]
+    assert error["type"] == "AuditFailed" and "sigma = 0" in error["message"]
+
+
+def test_human_output_names_claim_bound_and_verdict():
+    result = _audit("--k", "10", "--q", "1", "--sigma", "1.0", "--trials", "50")
+    assert result.exit_code == 0, result.stderr
+    for fragment in ("claimed eps", "empirical eps  >=", "verdict        PASS", "add/remove-one"):
+        assert fragment in result.stdout
+
+
+def test_human_failure_is_one_error_line():
+    result = _audit("--k", "5", "--q", "1", "--sigma", "0", "--trials", "50")
+    assert result.exit_code == 3
+    assert "verdict        FAIL" in result.stdout
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: audit failed")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--k", "0", "--q", "0.5", "--sigma", "1"], "k must be an integer >= 1"),
+        (["--k", "-2", "--q", "0.5", "--sigma", "1"], "k must be"),
+        (["--k", "5", "--q", "0", "--sigma", "1"], "q must be in (0, 1]"),
+        (["--k", "5", "--q", "1.5", "--sigma", "1"], "q must be in (0, 1]"),
+        (["--k", "5", "--q", "0.5", "--sigma", "-1"], "sigma must be a finite number >= 0"),
+        (["--k", "5", "--q", "0.5", "--sigma", "1", "--delta", "0"], "delta must be in (0, 1)"),
+        (["--k", "5", "--q", "0.5", "--sigma", "1", "--delta", "1"], "delta must be in (0, 1)"),
+        (["--k", "5", "--q", "0.5", "--sigma", "1", "--trials", "0"], "trials must be"),
+        (["--k", "5", "--q", "0.5", "--sigma", "1", "--trials", "-5"], "trials must be"),
+        (["--k", "5", "--q", "0.5"], "missing --sigma"),
+        ([], "missing --k, --q, --sigma"),
+        (["--index", "/nonexistent", "--k", "5"], "drop --k"),
+        (["--shard", "x", "--k", "5", "--q", "0.5", "--sigma", "1"], "--shard needs --index"),
+    ],
+    ids=["k0", "k-neg", "q0", "q-big", "sigma-neg", "delta0", "delta1", "trials0", "trials-neg", "no-sigma",
+         "nothing", "index-and-k", "shard-alone"],
+)
+def test_bad_inputs_exit_2_with_one_line(args, fragment):
+    result = _audit(*args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert fragment in result.stderr
+
+
+def test_bad_input_json_error():
+    result = _audit("--k", "0", "--q", "0.5", "--sigma", "1", "--json")
+    assert result.exit_code == 2
+    assert json.loads(result.stderr)["error"]["type"] == "PipelineInputError"
