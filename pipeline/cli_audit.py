@@ -57,14 +57,19 @@ def _from_index(index_dir: Path, shard: str | None) -> tuple[dict, object]:
 
 def audit(
     index: Annotated[
-        Path | None, typer.Option("--index", help="Index directory; read (k, q, sigma, delta) from its ledger.")
+        Path | None,
+        typer.Option("--index", help="Index directory; read (k, q, sigma, delta) from its ledger."),
     ] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="Shard of --index to audit.")] = None,
     k: Annotated[int | None, typer.Option("--k", help="Neighbours per query (without --index).")] = None,
     q: Annotated[float | None, typer.Option("--q", help="Poisson sampling rate in (0, 1].")] = None,
     sigma: Annotated[float | None, typer.Option("--sigma", help="Noise std per coordinate, >= 0.")] = None,
-    delta: Annotated[float | None, typer.Option("--delta", help="Delta of the claim (default: scope's, or 1e-6).")] = None,
-    trials: Annotated[int, typer.Option("--trials", help="Mechanism runs on each of D and D + canary.")] = 2000,
+    delta: Annotated[
+        float | None, typer.Option("--delta", help="Delta of the claim (default: scope's, or 1e-6).")
+    ] = None,
+    trials: Annotated[
+        int, typer.Option("--trials", help="Mechanism runs on each of D and D + canary.")
+    ] = 2000,
     queries: Annotated[
         int | None, typer.Option("--queries", help="T for the T-query claim (default: scope's plan, or 1).")
     ] = None,

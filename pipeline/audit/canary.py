@@ -56,14 +56,18 @@ def unit_rows(embeddings: np.ndarray) -> np.ndarray:
         raise PipelineInputError("audit embeddings contain NaN or infinite values; re-encode the corpus")
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     if (norms <= 1e-12).any():
-        raise PipelineInputError("audit embeddings contain an all-zero row; remove it or re-encode the corpus")
+        raise PipelineInputError(
+            "audit embeddings contain an all-zero row; remove it or re-encode the corpus"
+        )
     return np.ascontiguousarray(array / norms, dtype=np.float32)
 
 
 def flat_index(vectors: np.ndarray) -> faiss.Index:
     """Exact inner-product index with ids 0..n-1 (the default store type: IndexIDMap2(IndexFlatIP))."""
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.arange(len(vectors), dtype=np.int64))
+    index.add_with_ids(
+        np.ascontiguousarray(vectors, dtype=np.float32), np.arange(len(vectors), dtype=np.int64)
+    )
     return index
 
 

@@ -78,7 +78,9 @@ class AuditReport:
 
     def to_dict(self) -> dict:
         """JSON-ready dict; an infinite claim (σ = 0) becomes ``null``."""
-        return {key: (None if isinstance(v, float) and math.isinf(v) else v) for key, v in asdict(self).items()}
+        return {
+            key: (None if isinstance(v, float) and math.isinf(v) else v) for key, v in asdict(self).items()
+        }
 
 
 def synthetic_embeddings(n: int = 1000, dim: int = 64, *, seed: int = 0) -> np.ndarray:
@@ -192,7 +194,9 @@ def _release_scores(
 
 def _validate_sigma(sigma: float, *, name: str) -> None:
     if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma >= 0):
-        raise PipelineInputError(f"{name} must be a finite number >= 0; found {sigma!r}; pass e.g. --sigma 0.5")
+        raise PipelineInputError(
+            f"{name} must be a finite number >= 0; found {sigma!r}; pass e.g. --sigma 0.5"
+        )
 
 
 def _validate(
@@ -200,7 +204,10 @@ def _validate(
 ) -> None:
     """Refuse out-of-range parameters with one-line messages (what, found, fix)."""
     checks = [
-        (isinstance(k, int) and not isinstance(k, bool) and k >= 1, f"k must be an integer >= 1; found {k!r}"),
+        (
+            isinstance(k, int) and not isinstance(k, bool) and k >= 1,
+            f"k must be an integer >= 1; found {k!r}",
+        ),
         (isinstance(q, int | float) and 0.0 < q <= 1.0, f"q must be in (0, 1]; found {q!r}"),
         (isinstance(delta, int | float) and 0.0 < delta < 1.0, f"delta must be in (0, 1); found {delta!r}"),
         (isinstance(trials, int) and trials >= 4, f"trials must be an integer >= 4; found {trials!r}"),

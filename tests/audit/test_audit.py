@@ -16,7 +16,9 @@ TRIALS = 400  # per world; 200 of them evaluate the test: the best possible boun
 
 
 def test_sigma_zero_is_caught(embeddings, mechanism_rng):
-    report = run_audit(k=5, q=1.0, sigma=0.0, delta=1e-5, trials=TRIALS, rng=mechanism_rng, embeddings=embeddings)
+    report = run_audit(
+        k=5, q=1.0, sigma=0.0, delta=1e-5, trials=TRIALS, rng=mechanism_rng, embeddings=embeddings
+    )
     assert math.isinf(report.claimed_epsilon)
     assert report.empirical_epsilon_lower_bound > 3.0
     assert report.fpr == 0.0 and report.fnr == 0.0
@@ -26,7 +28,13 @@ def test_sigma_zero_is_caught(embeddings, mechanism_rng):
 def test_forgotten_noise_exceeds_the_claim(embeddings, mechanism_rng):
     # Fault injection: the accountant charges for sigma = 1 (z = 5, claim 0.79) but the mechanism adds none.
     report = run_audit(
-        k=10, q=1.0, sigma=1.0, delta=1e-5, trials=TRIALS, rng=mechanism_rng, embeddings=embeddings,
+        k=10,
+        q=1.0,
+        sigma=1.0,
+        delta=1e-5,
+        trials=TRIALS,
+        rng=mechanism_rng,
+        embeddings=embeddings,
         mechanism_sigma=0.0,
     )
     assert report.claimed_epsilon == pytest.approx(0.794522033, rel=1e-6)  # notes/accounting.md §2 G6
@@ -36,7 +44,9 @@ def test_forgotten_noise_exceeds_the_claim(embeddings, mechanism_rng):
 
 def test_subsampled_sigma_zero_still_leaks(embeddings, mechanism_rng):
     # q = 0.5: the canary is missed half the time, but every hit is certain: FPR ≈ 0 bounds ε ≥ log(0.5/FPR).
-    report = run_audit(k=5, q=0.5, sigma=0.0, delta=1e-5, trials=TRIALS, rng=mechanism_rng, embeddings=embeddings)
+    report = run_audit(
+        k=5, q=0.5, sigma=0.0, delta=1e-5, trials=TRIALS, rng=mechanism_rng, embeddings=embeddings
+    )
     assert report.empirical_epsilon_lower_bound > 2.0
     assert 0.3 < report.fnr < 0.7
     assert not report.passed
@@ -48,7 +58,9 @@ def test_subsampled_sigma_zero_still_leaks(embeddings, mechanism_rng):
     ids=["z=1-claim-4.73", "z=5-claim-0.79", "subsampled"],
 )
 def test_calibrated_noise_passes(embeddings, mechanism_rng, k, q, sigma, claim):
-    report = run_audit(k=k, q=q, sigma=sigma, delta=1e-5, trials=TRIALS, rng=mechanism_rng, embeddings=embeddings)
+    report = run_audit(
+        k=k, q=q, sigma=sigma, delta=1e-5, trials=TRIALS, rng=mechanism_rng, embeddings=embeddings
+    )
     if claim is not None:  # plain Gaussian z = kσ/2 at δ = 1e-5: notes/accounting.md §2 G2 and G6
         assert report.claimed_epsilon == pytest.approx(claim, rel=1e-6)
     assert report.empirical_epsilon_lower_bound <= report.claimed_epsilon
@@ -70,15 +82,28 @@ def test_report_is_json_and_names_its_randomness(embeddings):
     assert payload["claimed_epsilon"] is None  # σ = 0: no finite claim, JSON null (not Infinity)
     assert payload["mechanism_rng"] == "secure"
     assert payload["trials"] == 8 and payload["evaluation_trials"] == 4
-    for key in ("claimed_epsilon", "delta", "empirical_epsilon_lower_bound", "trials", "passed", "confidence",
-                "claimed_epsilon_queries", "fpr", "fnr"):
+    for key in (
+        "claimed_epsilon",
+        "delta",
+        "empirical_epsilon_lower_bound",
+        "trials",
+        "passed",
+        "confidence",
+        "claimed_epsilon_queries",
+        "fpr",
+        "fnr",
+    ):
         assert key in payload
     json.loads(json.dumps(payload, allow_nan=False))
 
 
 def test_same_seed_same_report(embeddings):
-    first = run_audit(k=5, q=0.5, sigma=0.1, delta=1e-5, trials=50, rng=np.random.default_rng(3), embeddings=embeddings)
-    again = run_audit(k=5, q=0.5, sigma=0.1, delta=1e-5, trials=50, rng=np.random.default_rng(3), embeddings=embeddings)
+    first = run_audit(
+        k=5, q=0.5, sigma=0.1, delta=1e-5, trials=50, rng=np.random.default_rng(3), embeddings=embeddings
+    )
+    again = run_audit(
+        k=5, q=0.5, sigma=0.1, delta=1e-5, trials=50, rng=np.random.default_rng(3), embeddings=embeddings
+    )
     assert first.to_dict() | {"seconds": 0} == again.to_dict() | {"seconds": 0}
 
 
@@ -141,7 +166,8 @@ def test_canary_is_far_from_the_data(embeddings):
 def test_canary_orthogonal_when_the_data_do_not_span():
     rng = np.random.default_rng(1)
     half = rng.standard_normal((4, 40))
-    data = unit_rows(np.vstack([half, -half]))  # mean exactly zero: no antipode; 8 rows span 4 of 40 dimensions
+    # Mean exactly zero (no antipode); 8 rows span 4 of 40 dimensions.
+    data = unit_rows(np.vstack([half, -half]))
     canary = choose_canary(data, k=5, q=1.0, rng=rng)
     assert canary.kind == "orthogonal-to-data"
     assert np.abs(data @ canary.vector).max() < 1e-5

@@ -17,8 +17,21 @@ def _audit(*args: str):
 
 
 def test_json_shape_of_a_passing_audit():
-    result = _audit("--k", "10", "--q", "1", "--sigma", "1.0", "--delta", "1e-5", "--trials", "200",
-                    "--queries", "100", "--json")
+    result = _audit(
+        "--k",
+        "10",
+        "--q",
+        "1",
+        "--sigma",
+        "1.0",
+        "--delta",
+        "1e-5",
+        "--trials",
+        "200",
+        "--queries",
+        "100",
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["claimed_epsilon"] == pytest.approx(0.794522033, rel=1e-6)
@@ -72,8 +85,21 @@ def test_human_failure_is_one_error_line():
         (["--index", "/nonexistent", "--k", "5"], "drop --k"),
         (["--shard", "x", "--k", "5", "--q", "0.5", "--sigma", "1"], "--shard needs --index"),
     ],
-    ids=["k0", "k-neg", "q0", "q-big", "sigma-neg", "delta0", "delta1", "trials0", "trials-neg", "no-sigma",
-         "nothing", "index-and-k", "shard-alone"],
+    ids=[
+        "k0",
+        "k-neg",
+        "q0",
+        "q-big",
+        "sigma-neg",
+        "delta0",
+        "delta1",
+        "trials0",
+        "trials-neg",
+        "no-sigma",
+        "nothing",
+        "index-and-k",
+        "shard-alone",
+    ],
 )
 def test_bad_inputs_exit_2_with_one_line(args, fragment):
     result = _audit(*args)

@@ -35,7 +35,9 @@ def test_zero_successes_upper_bound_is_closed_form(trials):
     assert clopper_pearson_lower(trials, trials, alpha) == pytest.approx(alpha ** (1 / trials), rel=1e-10)
 
 
-@pytest.mark.parametrize(("successes", "trials"), [(3, 50), (17, 40), (99, 100)], ids=["3/50", "17/40", "99/100"])
+@pytest.mark.parametrize(
+    ("successes", "trials"), [(3, 50), (17, 40), (99, 100)], ids=["3/50", "17/40", "99/100"]
+)
 def test_upper_bound_inverts_the_binomial_cdf(successes, trials):
     # Independent reference: the exact upper bound p solves P(X <= x; n, p) = alpha.
     alpha = 0.05
@@ -65,7 +67,9 @@ def test_bound_is_symmetric_in_the_two_error_kinds():
     assert a == pytest.approx(b, rel=1e-12) and a > 0.5
 
 
-@pytest.mark.parametrize("bad", [(-1, 10), (11, 10), (0, 0)], ids=["negative", "more-than-trials", "no-trials"])
+@pytest.mark.parametrize(
+    "bad", [(-1, 10), (11, 10), (0, 0)], ids=["negative", "more-than-trials", "no-trials"]
+)
 def test_bad_counts_raise(bad):
     with pytest.raises(ValueError, match="successes <= trials"):
         clopper_pearson_upper(*bad, 0.05)
