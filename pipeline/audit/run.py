@@ -20,6 +20,7 @@ ids or aggregates.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass
 
@@ -129,6 +130,8 @@ def run_audit(
     _validate(k=k, q=q, sigma=sigma, delta=delta, trials=trials, queries=queries, confidence=confidence)
     if mechanism_sigma is not None:
         _validate_sigma(mechanism_sigma, name="mechanism_sigma")
+    k, trials, queries = int(k), int(trials), int(queries)
+    q, sigma, delta, confidence = float(q), float(sigma), float(delta), float(confidence)
     from pipeline import mechanism  # late: the audit module loads without faiss-heavy imports
 
     started = time.perf_counter()
@@ -192,11 +195,17 @@ def _release_scores(
     return releases @ canary.direction.astype(np.float64)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _validate_sigma(sigma: float, *, name: str) -> None:
-    if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma >= 0):
-        raise PipelineInputError(
-            f"{name} must be a finite number >= 0; found {sigma!r}; pass e.g. --sigma 0.5"
-        )
+    if not (_is_real(sigma) and math.isfinite(sigma) and sigma >= 0):
+        raise PipelineInputError(f"{name} must be a finite number >= 0; found {sigma!r}; pass e.g. sigma=0.5")
 
 
 def _validate(
@@ -204,16 +213,13 @@ def _validate(
 ) -> None:
     """Refuse out-of-range parameters with one-line messages (what, found, fix)."""
     checks = [
+        (_is_int(k) and k >= 1, f"k must be an integer >= 1; found {k!r}"),
+        (_is_real(q) and 0.0 < q <= 1.0, f"q must be in (0, 1]; found {q!r}"),
+        (_is_real(delta) and 0.0 < delta < 1.0, f"delta must be in (0, 1); found {delta!r}"),
+        (_is_int(trials) and trials >= 4, f"trials must be an integer >= 4; found {trials!r}"),
+        (_is_int(queries) and queries >= 1, f"queries must be an integer >= 1; found {queries!r}"),
         (
-            isinstance(k, int) and not isinstance(k, bool) and k >= 1,
-            f"k must be an integer >= 1; found {k!r}",
-        ),
-        (isinstance(q, int | float) and 0.0 < q <= 1.0, f"q must be in (0, 1]; found {q!r}"),
-        (isinstance(delta, int | float) and 0.0 < delta < 1.0, f"delta must be in (0, 1); found {delta!r}"),
-        (isinstance(trials, int) and trials >= 4, f"trials must be an integer >= 4; found {trials!r}"),
-        (isinstance(queries, int) and queries >= 1, f"queries must be an integer >= 1; found {queries!r}"),
-        (
-            isinstance(confidence, int | float) and 0.0 < confidence < 1.0,
+            _is_real(confidence) and 0.0 < confidence < 1.0,
             f"confidence must be in (0, 1); found {confidence!r}",
         ),
     ]
