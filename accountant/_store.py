@@ -1,0 +1,250 @@
+"""SQLite plumbing of the ledger: connections, schema and the single place where sqlite errors are translated.
+
+Invariants:
+- WAL journal, ``synchronous=FULL`` (a committed charge survives a power cut), ``isolation_level=None`` (we issue
+  BEGIN IMMEDIATE / COMMIT ourselves), a finite busy timeout, no retry loops.
+- One connection per thread, reopened after ``fork`` (pid check); an inherited connection is never used or
+  closed in the child (closing it could disturb the parent's WAL state), it is parked for the process lifetime.
+- Schema versioned with ``PRAGMA user_version`` and tagged with ``PRAGMA application_id``. Migrations are ordered
+  functions, each run in the same transaction as its version bump. A file newer than the code, of another
+  application, of the wrong shape, or damaged, is refused; a file is initialised only if this process created it,
+  so a truncated ledger is never silently reset to zero.
+- Every ``sqlite3.Error`` becomes :class:`LedgerUnavailable` in :meth:`_Store.guard` (exit 3: nothing charged).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from urllib.parse import quote
+
+from accountant.errors import AccountantInputError, LedgerUnavailable
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x64707264  # "dprd"
+
+_COLUMNS = {
+    "scopes": (
+        "name", "epsilon", "delta", "k", "q", "sigma", "adjacency", "orders", "dp_accounting_version", "records",
+        "created",
+    ),
+    "charges": ("id", "group_id", "time", "scope", "event", "count", "caller", "purpose"),
+    "spend": ("scope", "queries", "rdp"),
+}
+
+_V1 = (
+    """CREATE TABLE scopes (
+        name TEXT PRIMARY KEY NOT NULL,
+        epsilon REAL NOT NULL, delta REAL NOT NULL,
+        k INTEGER NOT NULL, q REAL NOT NULL, sigma REAL NOT NULL,
+        adjacency TEXT NOT NULL, orders TEXT NOT NULL, dp_accounting_version TEXT NOT NULL,
+        records INTEGER, created REAL NOT NULL)""",
+    """CREATE TABLE charges (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        group_id TEXT NOT NULL, time REAL NOT NULL,
+        scope TEXT NOT NULL REFERENCES scopes(name),
+        event TEXT NOT NULL, count INTEGER NOT NULL CHECK (count >= 1),
+        caller TEXT, purpose TEXT)""",
+    "CREATE INDEX charges_scope ON charges(scope, event)",
+    """CREATE TABLE spend (
+        scope TEXT PRIMARY KEY NOT NULL REFERENCES scopes(name),
+        queries INTEGER NOT NULL CHECK (queries >= 0),
+        rdp TEXT NOT NULL)""",
+    """CREATE TRIGGER charges_append_only_update BEFORE UPDATE ON charges
+        BEGIN SELECT RAISE(ABORT, 'the charge log is append-only'); END""",
+    """CREATE TRIGGER charges_append_only_delete BEFORE DELETE ON charges
+        BEGIN SELECT RAISE(ABORT, 'the charge log is append-only'); END""",
+    """CREATE TRIGGER scopes_immutable BEFORE UPDATE ON scopes
+        BEGIN SELECT RAISE(ABORT, 'a scope is immutable; create a new scope'); END""",
+)
+
+
+def _migrate_to_v1(conn: sqlite3.Connection) -> None:
+    for statement in _V1:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+
+#: Ordered migrations: entry i brings user_version i to i + 1.
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1,)
+
+_INHERITED: list[sqlite3.Connection] = []  # connections inherited through fork: never used, never closed
+
+
+class _Store:
+    """Per-thread SQLite connections to one ledger file, with error translation and transactions."""
+
+    def __init__(self, path: Path, *, create: bool, read_only: bool, timeout: float) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.timeout = float(timeout)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._owned: list[tuple[int, sqlite3.Connection]] = []
+        self._closed = False
+        self._open(create=create and not read_only)
+
+    # -- errors ---------------------------------------------------------------------------------------------
+    @contextmanager
+    def guard(self, action: str) -> Iterator[None]:
+        """Translate any ``sqlite3.Error`` raised while doing ``action`` into :class:`LedgerUnavailable`."""
+        try:
+            yield
+        except sqlite3.Error as err:
+            text = " ".join(str(err).split())
+            if "locked" in text or "busy" in text:
+                fix = f"another process held the ledger lock for more than {self.timeout:g}s; retry later"
+            else:
+                fix = "the ledger is missing, damaged or not a dprdm ledger; restore it from a backup"
+            raise LedgerUnavailable(
+                f"ledger {self.path} unavailable while {action} ({text}); nothing was charged; {fix}"
+            ) from err
+
+    # -- connections ----------------------------------------------------------------------------------------
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path))}?mode={mode}"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.timeout, check_same_thread=False)
+        try:
+            if mode != "ro":
+                conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._owned.append((os.getpid(), conn))
+        return conn
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use and reopened in a forked child."""
+        if self._closed:
+            raise LedgerUnavailable(f"ledger {self.path} was closed; open it again with Ledger(path)")
+        local = self._local
+        pid = os.getpid()
+        if getattr(local, "pid", None) != pid:
+            inherited = getattr(local, "conn", None)
+            if inherited is not None:
+                _INHERITED.append(inherited)
+            with self.guard("opening"):
+                local.conn = self._connect("ro" if self.read_only else "rw")
+            local.pid = pid
+        return local.conn
+
+    def _open(self, *, create: bool) -> None:
+        existed = self.path.exists()
+        if not existed and not create:
+            raise LedgerUnavailable(
+                f"no ledger at {self.path}; every charge is refused (fail closed); create it with "
+                "'dprdm budget init' (or Ledger(path, create=True))"
+            )
+        if not existed and not self.path.parent.is_dir():
+            raise AccountantInputError(
+                f"ledger directory {self.path.parent} does not exist; create it or pass another --ledger path"
+            )
+        with self.guard("opening"):
+            if existed:
+                conn = self.conn()
+            else:
+                conn = self._connect("rwc")
+                self._local.conn, self._local.pid = conn, os.getpid()
+                with suppress(OSError):
+                    os.chmod(self.path, 0o600)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and not existed:
+                self._initialise(conn)
+            else:
+                self._check_schema(conn)
+
+    def _initialise(self, conn: sqlite3.Connection) -> None:
+        """Create the schema in a file this process just created (another process may have won the race)."""
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; must run outside a transaction
+        with self.transaction("creating the ledger"):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if version == 0 and objects == 0:
+                for target, migration in enumerate(_MIGRATIONS, start=1):
+                    migration(conn)
+                    conn.execute(f"PRAGMA user_version = {target}")
+        self._check_schema(conn)
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        app = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app != APPLICATION_ID:
+            raise LedgerUnavailable(
+                f"{self.path} is not a dprdm ledger (application_id {app}, user_version {version}); every charge "
+                "is refused (fail closed); restore the ledger from a backup or pass the right --ledger path"
+            )
+        if version > SCHEMA_VERSION:
+            raise LedgerUnavailable(
+                f"ledger {self.path} has schema version {version}, newer than this dprdm supports "
+                f"({SCHEMA_VERSION}); upgrade dprdm to use it"
+            )
+        if version < SCHEMA_VERSION:  # pragma: no cover - no released older schema exists yet
+            raise LedgerUnavailable(f"ledger {self.path} has old schema version {version}; migrate it first")
+        for table, columns in _COLUMNS.items():
+            found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+            if found != columns:
+                raise LedgerUnavailable(
+                    f"ledger {self.path} table '{table}' has columns {list(found)}, expected {list(columns)}; "
+                    "the ledger is damaged or tampered with; restore it from a backup"
+                )
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise LedgerUnavailable(
+                f"ledger {self.path} failed its integrity check ({check}); restore it from a backup"
+            )
+
+    # -- statements -----------------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls back. Side effects belong after the block."""
+        conn = self.conn()
+        with self.guard(action):
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            with self.guard(action):
+                yield conn
+                conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    def read(self, action: str, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run one read statement (in its own implicit transaction) and return all rows."""
+        conn = self.conn()
+        with self.guard(action):
+            return conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def snapshot(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A consistent read transaction (``BEGIN`` ... ``COMMIT``) for multi-statement reads."""
+        conn = self.conn()
+        with self.guard(action):
+            conn.execute("BEGIN")
+        try:
+            with self.guard(action):
+                yield conn
+        finally:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this process's connections (inherited ones stay parked)."""
+        self._closed = True
+        pid = os.getpid()
+        with self._lock:
+            owned, self._owned = self._owned, []
+        for owner, conn in owned:
+            if owner == pid:
+                with suppress(sqlite3.Error):
+                    conn.close()
+            else:
+                _INHERITED.append(conn)
