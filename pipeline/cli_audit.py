@@ -48,13 +48,6 @@ def _human(report: dict) -> str:
     )
 
 
-def _from_index(index_dir: Path, shard: str | None) -> tuple[dict, object]:
-    """(k, q, sigma, delta, planned queries) from the shard's ledger scope and the shard's embeddings."""
-    from pipeline.audit.source import scope_and_embeddings
-
-    return scope_and_embeddings(index_dir, shard)
-
-
 def audit(
     index: Annotated[
         Path | None,
@@ -88,7 +81,9 @@ def audit(
             raise fail("--shard needs --index DIR", json_mode=json_mode)
         embeddings = None
         if index is not None:
-            scope, embeddings = _from_index(index, shard)
+            from pipeline.audit.source import scope_and_embeddings
+
+            scope, embeddings = scope_and_embeddings(index, shard)
             k, q, sigma = scope["k"], scope["q"], scope["sigma"]
             delta = scope["delta"] if delta is None else delta
             queries = scope["queries"] if queries is None else queries

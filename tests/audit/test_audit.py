@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from accountant import calibrate_sigma
 from pipeline.audit import AuditReport, run_audit
 from pipeline.audit.canary import choose_canary, unit_rows
 from pipeline.errors import PipelineInputError
@@ -65,6 +66,28 @@ def test_calibrated_noise_passes(embeddings, mechanism_rng, k, q, sigma, claim):
         assert report.claimed_epsilon == pytest.approx(claim, rel=1e-6)
     assert report.empirical_epsilon_lower_bound <= report.claimed_epsilon
     assert report.passed
+
+
+@pytest.mark.parametrize("q", [1.0, 0.3], ids=["q=1", "q=0.3"])
+def test_sigma_calibrated_by_the_accountant_passes_and_its_absence_fails(embeddings, q):
+    sigma = calibrate_sigma(k=8, q=q, queries=1, epsilon=1.0, delta=1e-5)
+    honest = run_audit(
+        k=8, q=q, sigma=sigma, delta=1e-5, trials=TRIALS, rng=np.random.default_rng(11), embeddings=embeddings
+    )
+    assert honest.claimed_epsilon == pytest.approx(1.0, abs=1e-3)
+    assert honest.passed and honest.empirical_epsilon_lower_bound <= honest.claimed_epsilon
+    broken = run_audit(
+        k=8,
+        q=q,
+        sigma=sigma,
+        delta=1e-5,
+        trials=TRIALS,
+        rng=np.random.default_rng(11),
+        embeddings=embeddings,
+        mechanism_sigma=0.0,
+    )
+    assert broken.empirical_epsilon_lower_bound > 1.5 > broken.claimed_epsilon
+    assert not broken.passed
 
 
 def test_t_query_claim_grows_with_queries(embeddings, mechanism_rng):

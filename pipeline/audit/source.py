@@ -1,0 +1,63 @@
+"""Read an audit's inputs from a built index: the shard's embeddings and its ledger scope's (k, q, σ, δ).
+
+Read-only: the ledger is opened with ``read_only=True`` (never created, never charged) and the index with
+``PrivateIndex.open`` (which verifies manifests and sizes). Scopes are named after shards
+(see :mod:`pipeline.retrieve`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineInputError
+
+__all__ = ["LEDGER_NAME", "scope_and_embeddings"]
+
+LEDGER_NAME = "budget.sqlite"
+
+
+def scope_and_embeddings(index_dir: str | Path, shard: str | None) -> tuple[dict[str, Any], np.ndarray]:
+    """Return ``({"k", "q", "sigma", "delta", "queries"}, embeddings)`` of one shard of an index.
+
+    Args:
+        index_dir: the index directory (holding ``budget.sqlite``).
+        shard: shard name; None picks the only shard (an error when there are several).
+
+    Returns:
+        The scope's mechanism, δ and planned queries (charged + remaining), and the shard's (n, d) rows.
+
+    Raises:
+        PipelineInputError: no such directory, several shards and none named, unknown shard.
+        IndexStoreError, AccountantError: unreadable index or ledger (their own exit codes).
+    """
+    from accountant import Ledger
+    from index import PrivateIndex
+
+    directory = Path(index_dir).expanduser()
+    if not directory.is_dir():
+        raise PipelineInputError(
+            f"--index '{directory}' is not a directory; pass the directory of 'dprdm index build'"
+        )
+    index = PrivateIndex.open(directory)
+    names = list(index.shard_names)
+    if shard is None:
+        if len(names) != 1:
+            raise PipelineInputError(f"index '{directory}' has shards {names}; pick one with --shard NAME")
+        shard = names[0]
+    if shard not in names:
+        raise PipelineInputError(
+            f"unknown shard {shard!r}; the index has {names}; pass one of them with --shard"
+        )
+    with Ledger(directory / LEDGER_NAME, create=False, read_only=True) as ledger:
+        status = ledger.status(shard)
+    scope = {
+        "k": int(status.k),
+        "q": float(status.q),
+        "sigma": float(status.sigma),
+        "delta": float(status.delta),
+        "queries": max(1, int(status.queries_charged + status.queries_remaining)),
+    }
+    return scope, np.asarray(index.shard(shard).embeddings, dtype=np.float32)
