@@ -1,0 +1,36 @@
+"""dprdm ``index``: a private image corpus → open_clip embeddings → a DP-safe, sharded FAISS index on disk.
+
+Public API (everything else is private)::
+
+    build_index(source, index_dir, *, shard="default", model=None, ...) -> BuildReport
+    PrivateIndex.open(index_dir, *, mmap=False, encoder=None) -> PrivateIndex
+    load_encoder(model=None, pretrained=None, *, num_threads=None) -> Encoder
+"""
+
+import index._torchvision_compat  # noqa: F401,I001  (must run before anything imports open_clip/torchvision)
+
+from index.build import BuildReport, build_index
+from index.encoder import DEFAULT_MODEL_DIR, Encoder, load_encoder
+from index.errors import IndexCorruptError, IndexInputError, IndexStoreError, UnsafeIndexError
+from index.private_index import PrivateIndex
+from index.safety import IndexKind, is_dp_safe, resolve_index_type
+from index.shard import Shard
+from index.sources import content_id
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "BuildReport",
+    "Encoder",
+    "IndexCorruptError",
+    "IndexInputError",
+    "IndexKind",
+    "IndexStoreError",
+    "PrivateIndex",
+    "Shard",
+    "UnsafeIndexError",
+    "build_index",
+    "content_id",
+    "is_dp_safe",
+    "load_encoder",
+    "resolve_index_type",
+]

@@ -1,0 +1,213 @@
+"""``build_index``: private corpus → open_clip embeddings → DP-safe FAISS shard, crash-safe and resumable.
+
+The runner of the reader (:mod:`index.sources`) → mapper (:mod:`index.encoder`, :mod:`index.ingest`) →
+writer (:mod:`index.store`, :mod:`index.shard`) pipeline. A build either commits a complete new shard
+generation or leaves the previous index exactly as it was; re-running an interrupted build reuses the
+embeddings it had checkpointed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from index import store
+from index.encoder import Encoder, load_encoder, torch_threads
+from index.errors import IndexInputError
+from index.ingest import ingest
+from index.private_index import PrivateIndex, check_encoder, commit, drop_unreferenced, read_top_manifest
+from index.quantizer import train_public_quantizer
+from index.resume import Checkpoints
+from index.safety import IndexKind, resolve_index_type
+from index.sources import DEFAULT_MAX_PIXELS, read_source
+
+_SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """Outcome of a build or add: the index ``info()`` after the commit plus this operation's counts.
+
+    Attributes:
+        info: ``PrivateIndex.info()`` of the committed index (what ``--json`` prints).
+        shard: the shard written.
+        added: records stored from this source (new ones plus reused embeddings).
+        encoded: images run through the encoder in this call (resumed ones are not re-encoded).
+        reused: records whose embedding came from a checkpoint or the existing shard.
+        duplicates: exact duplicates not stored again (within the source, the shard or other shards).
+        skipped: inputs skipped in this call (the full list, with reasons, is in ``info["skipped"]``).
+        seconds: wall time of the ingest; encoder_seconds: the part spent in the encoder.
+    """
+
+    info: dict[str, Any]
+    shard: str
+    added: int
+    encoded: int
+    reused: int
+    duplicates: int
+    skipped: int
+    seconds: float
+    encoder_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of ``dprdm index build --json``; equal to ``PrivateIndex.open(dir).info()``."""
+        return dict(self.info)
+
+
+def _validate(shard: str, batch_size: int) -> None:
+    if not _SHARD_NAME.fullmatch(shard):
+        raise IndexInputError(
+            f"shard name '{shard}' is invalid; use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    if batch_size < 1:
+        raise IndexInputError(f"--batch-size must be >= 1, found {batch_size}; pass a positive batch size")
+
+
+def _new_manifest(
+    index_dir: Path, encoder: Encoder, index_type: str | None, public_train: str | os.PathLike[str] | None
+) -> dict[str, Any]:
+    """The manifest of a new, empty index (writing quantizer.faiss for ivf-flat)."""
+    kind = resolve_index_type(index_type or IndexKind.FLAT.value, public_train=public_train is not None)
+    if kind is IndexKind.FLAT and public_train is not None:
+        raise IndexInputError(
+            "--public-train is only used with --index-type ivf-flat; drop it or pass --index-type ivf-flat"
+        )
+    quantizer: dict[str, Any] = {"provenance": "none"}
+    faiss_desc = "IDMap2,Flat"
+    if kind is IndexKind.IVF_FLAT:
+        trained = train_public_quantizer(public_train, encoder.dim)  # type: ignore[arg-type]
+        store.write_faiss(trained.index, index_dir / "quantizer.faiss")
+        quantizer = dict(trained.to_dict(), file="quantizer.faiss")
+        faiss_desc = f"IVF{trained.nlist},Flat"
+    now = store.utc_now()
+    return {
+        "format": "dprdm-index",
+        "format_version": store.FORMAT_VERSION,
+        "created": now,
+        "updated": now,
+        "dim": encoder.dim,
+        "encoder": {
+            "model_id": encoder.model_id,
+            "sha256": encoder.sha256,
+            "dim": encoder.dim,
+            **encoder.spec.to_dict(),
+        },
+        "index_type": kind.value,
+        "faiss": faiss_desc,
+        "metric": "inner_product",
+        "quantizer": quantizer,
+        "shards": {},
+    }
+
+
+def build_index(
+    source: str | os.PathLike[str],
+    index_dir: str | os.PathLike[str],
+    *,
+    shard: str = "default",
+    model: str | None = None,
+    pretrained: str | None = None,
+    batch_size: int = 64,
+    public_train: str | os.PathLike[str] | None = None,
+    image_column: str | None = None,
+    num_threads: int | None = None,
+    progress: bool = True,
+    index_type: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_batch: Callable[[int], None] | None = None,
+    append: bool = False,
+) -> BuildReport:
+    """Build (or rebuild) shard ``shard`` of the index at ``index_dir`` from ``source``.
+
+    A new index is created 0700 with the given encoder and index type. On an existing index the encoder
+    and index type are the index's own (passing a different ``model`` is refused). The shard becomes
+    exactly the records of ``source`` (``append=True``, used by ``PrivateIndex.add``, keeps existing rows).
+
+    Args:
+        source: an image folder (recursive), a ``save_to_disk`` directory, or a .parquet/.arrow file.
+        index_dir: the index directory (created if missing).
+        shard: shard (compartment) name; a record belongs to exactly one shard.
+        model, pretrained: encoder, as in :func:`index.load_encoder` (None: the bundled tiny encoder).
+        batch_size: images per encoder batch (and per resume checkpoint).
+        public_train: ``.npy`` of PUBLIC embeddings to train the ivf-flat coarse quantiser.
+        image_column: dataset column holding the images (default: the first Image feature).
+        num_threads: torch threads while encoding.
+        progress: show a tqdm bar (images/s) on stderr.
+        index_type: ``flat`` (default) or ``ivf-flat``; anything trained on private data is refused.
+        max_pixels: decompression-bomb cap per image.
+        on_batch: called with the running count of encoded images after each checkpointed batch.
+        append: keep the shard's existing records and add the new ones.
+
+    Returns:
+        A :class:`BuildReport` whose ``to_dict()`` equals ``PrivateIndex.open(index_dir).info()``.
+
+    Raises:
+        IndexInputError: bad source, arguments, shard name, model, or a different encoder than the index's.
+        UnsafeIndexError: an index type that would break the DP sensitivity bound.
+        IndexCorruptError: the existing index is damaged (it is left untouched).
+    """
+    _validate(shard, batch_size)
+    path = Path(index_dir).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise IndexInputError(f"--index '{index_dir}' exists and is not a directory; pass a directory path")
+    records = read_source(source, image_column=image_column, max_pixels=max_pixels)
+    fresh = not (path / store.MANIFEST).exists()
+    if fresh:  # refuse unsafe types before anything is created
+        resolve_index_type(index_type or IndexKind.FLAT.value, public_train=public_train is not None)
+    with store.writer_lock(path):
+        if fresh:
+            if append:
+                raise IndexInputError(
+                    f"'{index_dir}' is not a dprdm index; create it with 'dprdm index build'"
+                )
+            encoder = load_encoder(model, pretrained, num_threads=num_threads)
+            top = _new_manifest(path, encoder, index_type, public_train)
+            current = None
+        else:
+            if index_type is not None or public_train is not None:
+                raise IndexInputError(
+                    f"index '{index_dir}' already exists with type '{read_top_manifest(path)['index_type']}'; "
+                    "the index type is fixed at creation: drop --index-type/--public-train or use a new --index"
+                )
+            current = PrivateIndex.open(path)
+            top = current.manifest
+            drop_unreferenced(path, top)
+            if model is not None or pretrained is not None:
+                encoder = load_encoder(model, pretrained, num_threads=num_threads)
+                check_encoder(top, encoder, path)
+            else:
+                encoder = current.load_encoder(num_threads=num_threads)
+        existing = current.shard(shard) if current is not None and shard in current.shard_names else None
+        other_ids: set[int] = set()
+        if current is not None:
+            for other in current.shards():
+                if other.name != shard:
+                    other_ids.update(other.ids.tolist())
+        with torch_threads(num_threads):
+            content, stats = ingest(
+                records, shard=shard, encoder=encoder, checkpoints=Checkpoints(path, encoder.sha256),
+                existing=existing, append=append, other_shard_ids=other_ids, batch_size=batch_size,
+                progress=progress, on_batch=on_batch,
+            )  # fmt: skip
+        commit(path, top, {shard: content}, dict(stats, op="add" if append else "build"))
+    info = PrivateIndex.open(path).info()
+    return BuildReport(
+        info=info,
+        **{
+            k: stats[k]
+            for k in (
+                "shard",
+                "added",
+                "encoded",
+                "reused",
+                "duplicates",
+                "skipped",
+                "seconds",
+                "encoder_seconds",
+            )
+        },
+    )
