@@ -1,0 +1,259 @@
+"""Private generation: prompt or image → unit query → charged DP retrieval → mix → decoder → images.
+
+One call is one private query: every image of the call is decoded from the same released vector, so they share
+one charge (post-processing). The decoder's own randomness may be seeded freely; it only sees the already
+private vector and the public query.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pipeline.errors import PipelineInputError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from accountant import Receipt, ScopeStatus
+    from index import Encoder
+    from pipeline.decoders import Decoder
+    from pipeline.retrieve import PrivateRetriever
+
+__all__ = ["GenerationResult", "Generator", "QueryKind"]
+
+MAX_IMAGES = 64
+
+
+class QueryKind(enum.Enum):
+    """Which encoder tower embedded the query."""
+
+    TEXT = "text"
+    IMAGE = "image"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationResult:
+    """The images of one private query and what the query cost.
+
+    Attributes:
+        images (`tuple[PIL.Image.Image, ...]`): ``num_images`` decoded images.
+        prompt (`str | None`): the text query (None for an image query).
+        query_kind (`QueryKind`): text or image tower.
+        k, q, sigma: the retrieval mechanism of the charged scopes.
+        lambda_ (`float`): mixing weight λ of the noisy retrieval (``c = λ·noisy + (1−λ)·query``).
+        steps (`int`), guidance_scale (`float`): decoder settings.
+        charged (`bool`): False only for ``λ = 0``, which reads no private record and costs nothing.
+        receipt (`accountant.Receipt | None`): the committed charge (None when not charged).
+        statuses (`tuple[accountant.ScopeStatus, ...]`): budget of each targeted scope after this query.
+    """
+
+    images: tuple[Image.Image, ...]
+    prompt: str | None
+    query_kind: QueryKind
+    k: int
+    q: float
+    sigma: float
+    lambda_: float
+    steps: int
+    guidance_scale: float
+    charged: bool
+    receipt: Receipt | None
+    statuses: tuple[ScopeStatus, ...]
+
+    @property
+    def _binding(self) -> ScopeStatus:
+        """The scope with the largest ε spent (the one that runs out first)."""
+        return max(self.statuses, key=lambda status: status.epsilon_spent)
+
+    @property
+    def epsilon_spent(self) -> float:
+        """ε spent at δ after this query (the largest over the targeted scopes)."""
+        return self._binding.epsilon_spent
+
+    @property
+    def delta(self) -> float:
+        """δ at which :attr:`epsilon_spent` holds."""
+        return self._binding.delta
+
+    @property
+    def queries_remaining(self) -> int:
+        """Queries still possible on every targeted scope."""
+        return min(status.queries_remaining for status in self.statuses)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON record of the call (no images, ids, scores, vectors or seeds)."""
+        return {
+            "prompt": self.prompt,
+            "query_kind": self.query_kind.value,
+            "k": self.k,
+            "q": self.q,
+            "sigma": self.sigma,
+            "lambda": self.lambda_,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "num_images": len(self.images),
+            "charged": self.charged,
+            "epsilon_spent": self.epsilon_spent,
+            "delta": self.delta,
+            "epsilon_budget": self._binding.epsilon_budget,
+            "queries_remaining": self.queries_remaining,
+            "scopes": {
+                status.scope: {
+                    "epsilon_spent": status.epsilon_spent,
+                    "epsilon_budget": status.epsilon_budget,
+                    "delta": status.delta,
+                    "queries_charged": status.queries_charged,
+                    "queries_remaining": status.queries_remaining,
+                }
+                for status in self.statuses
+            },
+        }
+
+
+class Generator:
+    """Generate images conditioned on a DP retrieval from a private index (DP-RDM).
+
+    The privacy guarantee is the retriever's (Poisson-subsampled Gaussian, sensitivity 2/k, add/remove-one,
+    dp-accounting RDP); mixing and decoding are post-processing.
+
+    Args:
+        retriever (`PrivateRetriever`): charges the ledger and releases the noisy neighbour mean.
+        encoder (`index.Encoder`): the index's encoder (text and image towers, same space as the index).
+        decoder (`pipeline.decoders.Decoder`): maps ``(B, d)`` conditions to images.
+
+    Raises:
+        PipelineInputError: the encoder's dimension differs from the index's.
+    """
+
+    def __init__(self, retriever: PrivateRetriever, encoder: Encoder, decoder: Decoder) -> None:
+        if int(encoder.dim) != retriever.dim:
+            raise PipelineInputError(
+                f"encoder dimension {encoder.dim} does not match the index dimension {retriever.dim}; "
+                "use the index's own encoder (PrivateIndex.load_encoder())"
+            )
+        self.retriever = retriever
+        self.encoder = encoder
+        self.decoder = decoder
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | None = None,
+        *,
+        image: Image.Image | None = None,
+        num_images: int = 4,
+        lambda_: float = 1.0,
+        steps: int = 25,
+        guidance_scale: float = 2.0,
+        generator: torch.Generator | None = None,
+        caller: str | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> GenerationResult:
+        """Run one private query and decode ``num_images`` images from it.
+
+        Args:
+            prompt (`str`, *optional*): text query (public). Exactly one of ``prompt`` and ``image``.
+            image (`PIL.Image.Image`, *optional*): image query (public), embedded by the image tower.
+            num_images (`int`, *optional*, defaults to 4): images decoded from the one released vector.
+            lambda_ (`float`, *optional*, defaults to 1.0): λ in ``c = λ·noisy + (1−λ)·query`` (DP-RDM's query
+                interpolation); ``λ = 0`` is text/image only, reads no private record and is not charged.
+            steps (`int`, *optional*, defaults to 25): decoder denoising steps.
+            guidance_scale (`float`, *optional*, defaults to 2.0): classifier-free guidance scale.
+            generator (`torch.Generator`, *optional*): the decoder's randomness (may be seeded).
+            caller (`str`, *optional*): label recorded with the charge.
+            rng (`np.random.Generator`, *optional*): retrieval randomness; None = CSPRNG. Tests only.
+
+        Returns:
+            `GenerationResult`
+
+        Raises:
+            PipelineInputError: bad arguments.
+            PrivacyRefusal: missing or mismatched budget scopes (nothing charged).
+            accountant.BudgetExceeded, accountant.LedgerUnavailable: nothing charged, nothing decoded.
+        """
+        # 1. validate inputs
+        _check_call(prompt, image, num_images, lambda_, steps, guidance_scale, generator)
+        kind = QueryKind.TEXT if prompt is not None else QueryKind.IMAGE
+        mechanism = self.retriever.mechanism()
+
+        # 2. encode the (public) query with the index's encoder and unit-normalise it
+        raw = self.encoder.encode_text([prompt]) if kind is QueryKind.TEXT else self.encoder.encode_images([image])
+        query = np.asarray(raw, dtype=np.float64).reshape(-1)
+        query = (query / np.linalg.norm(query)).astype(np.float32)
+
+        # 3. private retrieval: charge first, then subsample/top-k/mean/noise (skipped for λ = 0: no private data)
+        release = None
+        if lambda_ > 0.0:
+            release = self.retriever.retrieve(query, caller=caller, purpose=f"generate {kind.value} x{num_images}", rng=rng)
+
+        # 4. mix (post-processing): c = λ·noisy + (1−λ)·query
+        condition = (1.0 - lambda_) * query if release is None else lambda_ * release.vector + (1.0 - lambda_) * query
+
+        # 5. decode: every image shares the one charged release
+        conditions = torch.as_tensor(np.asarray(condition, dtype=np.float32)[None, :])
+        images = self.decoder.generate(
+            conditions,
+            num_images_per_condition=num_images,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+        )
+
+        # 6. result
+        statuses = (
+            release.statuses
+            if release is not None
+            else tuple(self.retriever.ledger.status(shard) for shard in self.retriever.shards)
+        )
+        return GenerationResult(
+            images=tuple(images),
+            prompt=prompt,
+            query_kind=kind,
+            k=mechanism.k,
+            q=mechanism.q,
+            sigma=mechanism.sigma,
+            lambda_=float(lambda_),
+            steps=steps,
+            guidance_scale=float(guidance_scale),
+            charged=release is not None,
+            receipt=None if release is None else release.receipt,
+            statuses=statuses,
+        )
+
+
+def _check_call(
+    prompt: str | None,
+    image: Image.Image | None,
+    num_images: int,
+    lambda_: float,
+    steps: int,
+    guidance_scale: float,
+    generator: torch.Generator | None,
+) -> None:
+    """Refuse bad arguments before anything is charged."""
+    if (prompt is None) == (image is None):
+        raise PipelineInputError("pass exactly one query: a prompt or an image (--image PATH); found "
+                                 + ("both" if prompt is not None else "neither"))
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise PipelineInputError(f"prompt must be a non-empty string; found {prompt!r}; pass some text")
+    if image is not None and not hasattr(image, "convert"):
+        raise PipelineInputError(f"image must be a PIL image; found {type(image).__name__}; open it with PIL.Image.open")
+    _check_int("num_images", num_images, 1, MAX_IMAGES, "--n-images")
+    _check_int("steps", steps, 1, 1000, "--steps")
+    if not isinstance(lambda_, int | float) or isinstance(lambda_, bool) or not 0.0 <= float(lambda_) <= 1.0:
+        raise PipelineInputError(f"lambda must be a number in [0, 1]; found {lambda_!r}; pass e.g. --lambda 1.0")
+    if not isinstance(guidance_scale, int | float) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise PipelineInputError(f"guidance must be a finite number ≥ 0; found {guidance_scale!r}; pass e.g. --guidance 2.0")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise PipelineInputError(f"generator must be a torch.Generator; found {type(generator).__name__}")
+
+
+def _check_int(name: str, value: int, low: int, high: int, flag: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
+        raise PipelineInputError(f"{name} must be an integer in [{low}, {high}]; found {value!r}; pass e.g. {flag} {low}")
