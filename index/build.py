@@ -154,7 +154,7 @@ def build_index(
     path = Path(index_dir).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise IndexInputError(f"--index '{index_dir}' exists and is not a directory; pass a directory path")
-    records = read_source(source, image_column=image_column, max_pixels=max_pixels)
+    records = read_source(source, image_column=image_column, max_pixels=max_pixels, exclude=path)
     fresh = not (path / store.MANIFEST).exists()
     if fresh:  # refuse unsafe types before anything is created
         resolve_index_type(index_type or IndexKind.FLAT.value, public_train=public_train is not None)

@@ -137,18 +137,24 @@ def decode_image(
     return Decoded(content_id(rgb), source, rgb)
 
 
-def _folder_files(root: Path) -> Iterator[Path]:
-    """Regular files under ``root`` in sorted order, hidden entries and symlinked directories excluded."""
+def _folder_files(root: Path, exclude: Path | None) -> Iterator[Path]:
+    """Regular files under ``root`` in sorted order; hidden entries, symlinked dirs and ``exclude`` left out."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and here / d != exclude)
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath) / name
 
 
-def read_folder(root: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Decoded | Skipped]:
-    """Yield every file under ``root`` (recursively) as a decoded record or a skip with its reason."""
-    for path in _folder_files(root):
+def read_folder(
+    root: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, exclude: Path | None = None
+) -> Iterator[Decoded | Skipped]:
+    """Yield every file under ``root`` (recursively) as a decoded record or a skip with its reason.
+
+    ``exclude`` is a directory left out of the walk (the index itself, when it lives inside the corpus).
+    """
+    for path in _folder_files(root, exclude):
         source = str(path)
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             yield Skipped(source, f"not an image file (extension '{path.suffix or 'none'}')")
@@ -248,7 +254,11 @@ def read_dataset(
 
 
 def read_source(
-    source: str | os.PathLike[str], *, image_column: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    source: str | os.PathLike[str],
+    *,
+    image_column: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    exclude: Path | None = None,
 ) -> Iterator[Decoded | Skipped]:
     """Dispatch to the folder or the ``datasets`` reader; the path must exist.
 
@@ -265,7 +275,7 @@ def read_source(
             raise IndexInputError(
                 f"--image-column was given but '{source}' is an image folder; drop the option"
             )
-        return read_folder(path, max_pixels=max_pixels)
+        return read_folder(path, max_pixels=max_pixels, exclude=exclude)
     raise IndexInputError(
         f"source '{source}' is a single file of an unsupported kind; pass a folder of images, a .parquet/.arrow file "
         "or a datasets save_to_disk directory"
