@@ -29,7 +29,16 @@ APPLICATION_ID = 0x64707264  # "dprd"
 
 _COLUMNS = {
     "scopes": (
-        "name", "epsilon", "delta", "k", "q", "sigma", "adjacency", "orders", "dp_accounting_version", "records",
+        "name",
+        "epsilon",
+        "delta",
+        "k",
+        "q",
+        "sigma",
+        "adjacency",
+        "orders",
+        "dp_accounting_version",
+        "records",
         "created",
     ),
     "charges": ("id", "group_id", "time", "scope", "event", "count", "caller", "purpose"),
@@ -107,7 +116,9 @@ class _Store:
     # -- connections ----------------------------------------------------------------------------------------
     def _connect(self, mode: str) -> sqlite3.Connection:
         uri = f"file:{quote(str(self.path))}?mode={mode}"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.timeout, check_same_thread=False)
+        conn = sqlite3.connect(
+            uri, uri=True, isolation_level=None, timeout=self.timeout, check_same_thread=False
+        )
         try:
             if mode != "ro":
                 conn.execute("PRAGMA synchronous=FULL")
@@ -193,11 +204,6 @@ class _Store:
                     f"ledger {self.path} table '{table}' has columns {list(found)}, expected {list(columns)}; "
                     "the ledger is damaged or tampered with; restore it from a backup"
                 )
-        check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise LedgerUnavailable(
-                f"ledger {self.path} failed its integrity check ({check}); restore it from a backup"
-            )
 
     # -- statements -----------------------------------------------------------------------------------------
     @contextmanager

@@ -46,19 +46,32 @@ def check_epsilon(epsilon: float, *, name: str = "epsilon") -> float:
     return epsilon
 
 
-def check_delta(delta: float) -> float:
-    """Validate delta (in (0, 1))."""
+def check_delta(delta: float, *, records: int | None = None, scope: str | None = None) -> float:
+    """Validate delta: in (0, 1), and below 1/N when the scope's record count N is given."""
     if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating, np.integer)):
         raise AccountantInputError(f"delta must be a number; found {delta!r}; pass e.g. --delta 1e-6")
     delta = float(delta)
     if not 0.0 < delta < 1.0:
-        raise AccountantInputError(f"delta must be in (0, 1); found {delta}; pass e.g. --delta 1e-6 (below 1/N)")
+        raise AccountantInputError(
+            f"delta must be in (0, 1); found {delta}; pass e.g. --delta 1e-6 (below 1/N)"
+        )
+    if records is not None:
+        if isinstance(records, bool) or not isinstance(records, (int, np.integer)) or records < 1:
+            raise AccountantInputError(f"records must be an integer >= 1; found {records!r}")
+        if delta >= 1.0 / records:
+            where = f" for scope '{scope}'" if scope is not None else ""
+            raise AccountantInputError(
+                f"delta={delta:g} must be below 1/N = {1.0 / records:.3g}{where} with N={records} records; "
+                f"pass a smaller --delta, e.g. {10.0 ** math.floor(math.log10(0.1 / records)):g}"
+            )
     return delta
 
 
 def _check_count(queries: int, *, minimum: int) -> int:
     if isinstance(queries, bool) or not isinstance(queries, (int, np.integer)) or queries < minimum:
-        raise AccountantInputError(f"queries must be an integer >= {minimum}; found {queries!r}; pass e.g. 1000")
+        raise AccountantInputError(
+            f"queries must be an integer >= {minimum}; found {queries!r}; pass e.g. 1000"
+        )
     return int(queries)
 
 
@@ -192,7 +205,9 @@ def calibrate_sigma(
         )
     sigma = _ceil_significant(2.0 * z / int(k))
     for _ in range(1000):
-        if within_budget(epsilon_for(Mechanism(k=k, q=q, sigma=sigma), queries=queries, delta=delta), epsilon):
+        if within_budget(
+            epsilon_for(Mechanism(k=k, q=q, sigma=sigma), queries=queries, delta=delta), epsilon
+        ):
             return sigma
         sigma = _ceil_significant(sigma * (1.0 + 1e-6))
     raise AccountantInputError(  # pragma: no cover - Brent's result is within 1e-9 of the root

@@ -85,10 +85,14 @@ class Mechanism:
             raise AccountantInputError(f"k must be an integer >= 1; found {self.k!r}; pass e.g. --k 16")
         q = _check_finite("q", self.q)
         if not 0.0 < q <= 1.0:
-            raise AccountantInputError(f"q must be in (0, 1]; found {q}; pass a sampling rate such as --q 0.01")
+            raise AccountantInputError(
+                f"q must be in (0, 1]; found {q}; pass a sampling rate such as --q 0.01"
+            )
         sigma = _check_finite("sigma", self.sigma)
         if sigma <= 0.0:
-            raise AccountantInputError(f"sigma must be > 0; found {sigma}; pass a positive noise std such as 0.2")
+            raise AccountantInputError(
+                f"sigma must be > 0; found {sigma}; pass a positive noise std such as 0.2"
+            )
         object.__setattr__(self, "k", int(self.k))
         object.__setattr__(self, "q", q)
         object.__setattr__(self, "sigma", sigma)

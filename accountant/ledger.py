@@ -20,18 +20,16 @@ ledger raises :class:`LedgerUnavailable`; it is never recreated or reset to zero
 from __future__ import annotations
 
 import json
-import math
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
-
-from accountant._store import SCHEMA_VERSION, _Store
+from accountant._audit import audit, refusal
+from accountant._rows import SCOPE_SQL, ScopeRow, check_running, orders_from_json, parse_row, tampered
+from accountant._store import _Store
 from accountant.budget import (
     calibrate_sigma,
     check_delta,
@@ -40,63 +38,19 @@ from accountant.budget import (
     remaining_queries,
     within_budget,
 )
-from accountant.errors import AccountantInputError, BudgetExceeded, LedgerUnavailable
+from accountant.errors import AccountantInputError, BudgetExceeded
 from accountant.events import (
     ADJACENCY,
     DEFAULT_ORDERS,
     DP_ACCOUNTING_VERSION,
     Mechanism,
-    event_from_json,
     event_rdp,
-    event_to_json,
 )
-from accountant.records import Charge, Receipt, ReceiptLine, ScopeCheck, ScopeStatus, VerifyReport
+from accountant.records import Charge, Receipt, ReceiptLine, ScopeStatus, VerifyReport
 
 __all__ = ["Ledger"]
 
-_RTOL = 1e-9  # stored vs recomputed RDP (summation order changes the last bits, notes/accounting.md §1.4)
 _MAX_LABEL = 500
-_SCOPE_SQL = (
-    "SELECT s.name, s.epsilon, s.delta, s.k, s.q, s.sigma, s.orders, s.records, s.dp_accounting_version, "
-    "s.created, s.adjacency, p.queries, p.rdp FROM scopes s LEFT JOIN spend p ON p.scope = s.name"
-)
-
-
-class _Scope(NamedTuple):
-    name: str
-    epsilon: float
-    delta: float
-    mechanism: Mechanism
-    orders: tuple[float, ...]
-    records: int | None
-    version: str
-    created: float
-    queries: int
-    rdp: np.ndarray
-    per_query: np.ndarray  # RDP vector of one query
-    event_json: str
-
-
-def _tampered(path: Path, scope: str, what: str) -> LedgerUnavailable:
-    return LedgerUnavailable(
-        f"ledger {path} scope '{scope}' is inconsistent ({what}); the ledger is damaged or tampered with, "
-        "so every charge is refused; restore it from a backup (never reset a budget)"
-    )
-
-
-@lru_cache(maxsize=64)
-def _orders_from_json(text: str) -> tuple[float, ...]:
-    orders = tuple(float(a) for a in json.loads(text))
-    if not orders or not all(math.isfinite(a) and a > 1.0 for a in orders):
-        raise ValueError("orders must be finite and > 1")
-    return orders
-
-
-@lru_cache(maxsize=256)
-def _per_query(mechanism: Mechanism, orders: tuple[float, ...]) -> tuple[np.ndarray, str]:
-    """Cached (RDP vector of one query, event JSON) of a scope's mechanism."""
-    event = mechanism.dp_event()
-    return event_rdp(event, orders), event_to_json(event)
 
 
 def _check_label(name: str, value: str | None) -> str | None:
@@ -135,7 +89,12 @@ class Ledger:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, create: bool = True, read_only: bool = False, timeout: float = 30.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        timeout: float = 30.0,
     ) -> None:
         self._path = Path(path).expanduser().absolute()
         self._store = _Store(self._path, create=create, read_only=read_only, timeout=timeout)
@@ -147,7 +106,7 @@ class Ledger:
             raise
         if not report.ok:
             self._store.close()
-            raise self._refusal(report)
+            raise refusal(self._path, report)
 
     @property
     def path(self) -> Path:
@@ -165,48 +124,21 @@ class Ledger:
         self.close()
 
     # -- reading --------------------------------------------------------------------------------------------
-    def _parse(self, row: tuple) -> _Scope:
-        name, eps, delta, k, q, sigma, orders, records, version, created, adjacency, queries, rdp_text = row
-        try:
-            if rdp_text is None or queries is None:
-                raise ValueError("no spend row")
-            if adjacency != ADJACENCY.name:
-                raise ValueError(f"adjacency {adjacency}")
-            orders_t = _orders_from_json(orders)
-            mech = Mechanism(k=k, q=q, sigma=sigma)
-            check_epsilon(eps)
-            check_delta(delta)
-            stored = np.asarray(json.loads(rdp_text), dtype=np.float64)
-            if stored.shape != (len(orders_t),) or int(queries) < 0:
-                raise ValueError("running RDP vector has the wrong shape")
-        except (ValueError, TypeError, AccountantInputError) as err:
-            raise _tampered(self._path, str(name), f"unreadable scope row: {err}") from err
-        per_query, event_json = _per_query(mech, orders_t)
-        return _Scope(
-            name=name, epsilon=float(eps), delta=float(delta), mechanism=mech, orders=orders_t,
-            records=records, version=version, created=float(created), queries=int(queries), rdp=stored,
-            per_query=per_query, event_json=event_json,
-        )  # fmt: skip
-
-    def _load(self, conn, name: str) -> _Scope:
-        row = conn.execute(_SCOPE_SQL + " WHERE s.name = ?", (name,)).fetchone()
+    def _load(self, conn: sqlite3.Connection, name: str) -> ScopeRow:
+        row = conn.execute(SCOPE_SQL + " WHERE s.name = ?", (name,)).fetchone()
         if row is None:
             raise AccountantInputError(
                 f"scope '{name}' is not in ledger {self._path}; create it with 'dprdm budget init' "
                 f"(existing: {', '.join(self._names(conn)) or 'none'})"
             )
-        return self._parse(row)
+        try:
+            return parse_row(row)
+        except ValueError as err:
+            raise tampered(self._path, name, f"unreadable scope row: {err}") from err
 
     @staticmethod
-    def _names(conn) -> list[str]:
+    def _names(conn: sqlite3.Connection) -> list[str]:
         return [r[0] for r in conn.execute("SELECT name FROM scopes ORDER BY name")]
-
-    def _check_running(self, scope: _Scope) -> None:
-        expected = scope.queries * scope.per_query if scope.queries else np.zeros_like(scope.per_query)
-        if not np.allclose(scope.rdp, expected, rtol=_RTOL, atol=0.0, equal_nan=False):
-            raise _tampered(
-                self._path, scope.name, f"running RDP vector does not match {scope.queries} charged queries"
-            )
 
     def scopes(self) -> list[str]:
         """Names of all scopes, sorted."""
@@ -227,15 +159,28 @@ class Ledger:
         """
         with self._store.snapshot("reading a scope") as conn:
             s = self._load(conn, scope)
-        self._check_running(s)
+        check_running(self._path, s)
         eps, order = epsilon_and_order(s.per_query, s.queries, delta=s.delta, orders=s.orders)
-        left = remaining_queries(s.per_query, s.queries, epsilon_budget=s.epsilon, delta=s.delta, orders=s.orders)
+        left = remaining_queries(
+            s.per_query, s.queries, epsilon_budget=s.epsilon, delta=s.delta, orders=s.orders
+        )
         return ScopeStatus(
-            scope=s.name, epsilon_budget=s.epsilon, delta=s.delta, epsilon_spent=eps, optimal_order=order,
-            queries_charged=s.queries, queries_remaining=left, k=s.mechanism.k, q=s.mechanism.q,
-            sigma=s.mechanism.sigma, noise_multiplier=s.mechanism.noise_multiplier, records=s.records,
-            orders=len(s.orders), dp_accounting_version=s.version, created=s.created,
-        )  # fmt: skip
+            scope=s.name,
+            epsilon_budget=s.epsilon,
+            delta=s.delta,
+            epsilon_spent=eps,
+            optimal_order=order,
+            queries_charged=s.queries,
+            queries_remaining=left,
+            k=s.mechanism.k,
+            q=s.mechanism.q,
+            sigma=s.mechanism.sigma,
+            noise_multiplier=s.mechanism.noise_multiplier,
+            records=s.records,
+            orders=len(s.orders),
+            dp_accounting_version=s.version,
+            created=s.created,
+        )
 
     def history(self, scope: str | None = None) -> list[Charge]:
         """Charge-log rows in commit order, for one scope or all."""
@@ -245,72 +190,23 @@ class Ledger:
             sql, params = sql + " WHERE scope = ?", (scope,)
         rows = self._store.read("reading the charge log", sql + " ORDER BY id", params)
         return [
-            Charge(id=r[0], group_id=r[1], time=r[2], scope=r[3], event=r[4], count=r[5], caller=r[6], purpose=r[7])
+            Charge(
+                id=r[0],
+                group_id=r[1],
+                time=r[2],
+                scope=r[3],
+                event=r[4],
+                count=r[5],
+                caller=r[6],
+                purpose=r[7],
+            )
             for r in rows
         ]
 
     # -- verification ---------------------------------------------------------------------------------------
     def _audit(self) -> VerifyReport:
-        checks: list[ScopeCheck] = []
         with self._store.snapshot("verifying") as conn:
-            integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
-            rows = conn.execute(_SCOPE_SQL + " ORDER BY s.name").fetchall()
-            logged = conn.execute(
-                "SELECT scope, event, SUM(count), COUNT(*) FROM charges GROUP BY scope, event"
-            ).fetchall()
-            orphans = conn.execute(
-                "SELECT scope FROM spend WHERE scope NOT IN (SELECT name FROM scopes) "
-                "UNION SELECT DISTINCT scope FROM charges WHERE scope NOT IN (SELECT name FROM scopes)"
-            ).fetchall()
-        by_scope: dict[str, list[tuple[str, int]]] = {}
-        for name, event_text, total, _ in logged:
-            by_scope.setdefault(name, []).append((event_text, int(total)))
-        for row in rows:
-            checks.append(self._check_scope(row, by_scope.get(row[0], [])))
-        for (name,) in orphans:
-            checks.append(ScopeCheck(scope=name, ok=False, queries_logged=0, queries_recorded=0,
-                                     max_relative_difference=math.inf, detail="rows for an unknown scope"))  # fmt: skip
-        ok = integrity == "ok" and all(c.ok for c in checks)
-        return VerifyReport(path=str(self._path), ok=ok, integrity=integrity, schema_version=SCHEMA_VERSION,
-                            scopes=tuple(checks))  # fmt: skip
-
-    def _check_scope(self, row: tuple, logged: list[tuple[str, int]]) -> ScopeCheck:
-        name = row[0]
-        try:
-            s = self._parse(row)
-        except LedgerUnavailable as err:
-            return ScopeCheck(scope=name, ok=False, queries_logged=0, queries_recorded=int(row[11] or 0),
-                              max_relative_difference=math.inf, detail=str(err))  # fmt: skip
-        recomputed = np.zeros_like(s.per_query)
-        total = 0
-        details = []
-        for event_text, count in logged:
-            event = event_from_json(event_text)
-            if event != s.mechanism.dp_event():
-                details.append("charge log holds an event of another mechanism")
-            recomputed = recomputed + count * event_rdp(event, s.orders)
-            total += count
-        with np.errstate(invalid="ignore", divide="ignore"):
-            diff = np.abs(s.rdp - recomputed) / np.maximum(np.abs(recomputed), np.finfo(float).tiny)
-        diff = np.where(s.rdp == recomputed, 0.0, diff)
-        worst = float(np.nanmax(diff)) if diff.size else 0.0
-        if total != s.queries:
-            details.append(f"{total} queries in the charge log but {s.queries} recorded")
-        if not (worst <= _RTOL):
-            details.append(f"running RDP vector differs from the log by {worst:.3g} (relative)")
-        if s.version != DP_ACCOUNTING_VERSION and details:
-            details.append(f"recorded with dp-accounting {s.version}, running {DP_ACCOUNTING_VERSION}")
-        return ScopeCheck(scope=name, ok=not details, queries_logged=total, queries_recorded=s.queries,
-                          max_relative_difference=worst, detail="; ".join(details) or "ok")  # fmt: skip
-
-    def _refusal(self, report: VerifyReport) -> LedgerUnavailable:
-        if report.integrity != "ok":
-            return LedgerUnavailable(
-                f"ledger {self._path} failed its integrity check ({report.integrity}); every charge is refused; "
-                "restore it from a backup"
-            )
-        bad = [c for c in report.scopes if not c.ok]
-        return _tampered(self._path, bad[0].scope, bad[0].detail) if bad else LedgerUnavailable("ledger not ok")
+            return audit(conn, self._path)
 
     def verify(self) -> VerifyReport:
         """Recompute every scope from the charge log and compare with the stored running vectors.
@@ -323,13 +219,15 @@ class Ledger:
         """
         report = self._audit()
         if not report.ok:
-            raise self._refusal(report)
+            raise refusal(self._path, report)
         return report
 
     # -- writing --------------------------------------------------------------------------------------------
     def _writable(self) -> None:
         if self._read_only:
-            raise AccountantInputError(f"ledger {self._path} was opened read-only; open it with read_only=False")
+            raise AccountantInputError(
+                f"ledger {self._path} was opened read-only; open it with read_only=False"
+            )
 
     def create_scope(
         self,
@@ -363,17 +261,10 @@ class Ledger:
         """
         self._writable()
         name = _check_scope_name(name)
-        epsilon, delta = check_epsilon(epsilon), check_delta(delta)
-        if records is not None:
-            if isinstance(records, bool) or not isinstance(records, int) or records < 1:
-                raise AccountantInputError(f"records must be an integer >= 1; found {records!r}")
-            if delta >= 1.0 / records:
-                raise AccountantInputError(
-                    f"delta={delta:g} must be below 1/N = {1.0 / records:.3g} for scope '{name}' with N={records} "
-                    f"records; pass a smaller --delta, e.g. {10 ** math.floor(math.log10(0.1 / records)):g}"
-                )
+        epsilon = check_epsilon(epsilon)
+        delta = check_delta(delta, records=records, scope=name)
         mech = self._resolve_mechanism(mechanism, sigma, queries, k, q, epsilon, delta, orders)
-        orders_t = _orders_from_json(json.dumps([float(a) for a in orders]))
+        orders_t = orders_from_json(json.dumps([float(a) for a in orders]))
         per_query = event_rdp(mech.dp_event(), orders_t)
         first, _ = epsilon_and_order(per_query, 1, delta=delta, orders=orders_t)
         if not within_budget(first, epsilon):
@@ -389,9 +280,20 @@ class Ledger:
                 )
             conn.execute(
                 "INSERT INTO scopes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, epsilon, delta, mech.k, mech.q, mech.sigma, ADJACENCY.name, json.dumps(list(orders_t)),
-                 DP_ACCOUNTING_VERSION, records, time.time()),
-            )  # fmt: skip
+                (
+                    name,
+                    epsilon,
+                    delta,
+                    mech.k,
+                    mech.q,
+                    mech.sigma,
+                    ADJACENCY.name,
+                    json.dumps(list(orders_t)),
+                    DP_ACCOUNTING_VERSION,
+                    records,
+                    time.time(),
+                ),
+            )
             conn.execute("INSERT INTO spend VALUES (?, 0, ?)", (name, json.dumps([0.0] * len(orders_t))))
         return self.status(name)
 
@@ -403,14 +305,20 @@ class Ledger:
                     "pass either mechanism= or k/q with sigma/queries, not both; drop one of them"
                 )
             if not isinstance(mechanism, Mechanism):
-                raise AccountantInputError(f"mechanism must be an accountant.Mechanism; found {type(mechanism)}")
+                raise AccountantInputError(
+                    f"mechanism must be an accountant.Mechanism; found {type(mechanism)}"
+                )
             return mechanism
         if k is None or q is None:
             raise AccountantInputError("k and q are required without mechanism=; pass e.g. --k 16 --q 0.01")
         if (sigma is None) == (queries is None):
-            raise AccountantInputError("pass exactly one of sigma or queries (to calibrate sigma); found both/none")
+            raise AccountantInputError(
+                "pass exactly one of sigma or queries (to calibrate sigma); found both/none"
+            )
         if sigma is None:
-            sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta, orders=tuple(orders))
+            sigma = calibrate_sigma(
+                k=k, q=q, queries=queries, epsilon=epsilon, delta=delta, orders=tuple(orders)
+            )
         return Mechanism(k=k, q=q, sigma=sigma)
 
     def charge(
@@ -447,7 +355,7 @@ class Ledger:
             updates = []
             for name in names:
                 s = self._load(conn, name)
-                self._check_running(s)
+                check_running(self._path, s)
                 total = s.queries + count
                 eps, order = epsilon_and_order(s.per_query, total, delta=s.delta, orders=s.orders)
                 if not within_budget(eps, s.epsilon):
@@ -457,8 +365,16 @@ class Ledger:
                         "nothing was charged or released; stop querying this scope or create a new scope/index"
                     )
                 updates.append((name, total, json.dumps((total * s.per_query).tolist()), s.event_json))
-                lines.append(ReceiptLine(scope=name, count=count, epsilon_spent=eps, optimal_order=order,
-                                         queries_charged=total, epsilon_budget=s.epsilon))  # fmt: skip
+                lines.append(
+                    ReceiptLine(
+                        scope=name,
+                        count=count,
+                        epsilon_spent=eps,
+                        optimal_order=order,
+                        queries_charged=total,
+                        epsilon_budget=s.epsilon,
+                    )
+                )
             for name, total, rdp_text, event_text in updates:
                 conn.execute(
                     "INSERT INTO charges (group_id, time, scope, event, count, caller, purpose) "
