@@ -11,7 +11,13 @@ import index._torchvision_compat  # noqa: F401,I001  (must run before anything i
 
 from index.build import BuildReport, build_index
 from index.encoder import DEFAULT_MODEL_DIR, Encoder, load_encoder
-from index.errors import IndexCorruptError, IndexInputError, IndexStoreError, UnsafeIndexError
+from index.errors import (
+    IndexCorruptError,
+    IndexInputError,
+    IndexStoreError,
+    StaleShardError,
+    UnsafeIndexError,
+)
 from index.private_index import PrivateIndex
 from index.safety import IndexKind, is_dp_safe, resolve_index_type
 from index.shard import Shard
@@ -27,6 +33,7 @@ __all__ = [
     "IndexStoreError",
     "PrivateIndex",
     "Shard",
+    "StaleShardError",
     "UnsafeIndexError",
     "build_index",
     "content_id",

@@ -29,3 +29,9 @@ class IndexCorruptError(IndexStoreError):
     """A stored index, manifest or embeddings file is missing, truncated or inconsistent; queries are refused."""
 
     exit_code = 3
+
+
+class StaleShardError(IndexCorruptError):
+    """A shard generation was replaced (add/remove/build) after this view was opened; reopen the index."""
+
+    exit_code = 3

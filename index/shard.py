@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from index import store
-from index.errors import IndexCorruptError, IndexInputError
+from index.errors import IndexCorruptError, IndexInputError, StaleShardError
 from index.safety import IndexKind, check_faiss_index
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,10 @@ class Shard:
         self._index: faiss.Index | None = None
         self._searcher: faiss.Index | None = None
         self._sorter: np.ndarray | None = None
+        if (
+            mmap
+        ):  # map everything now: cheap, and a mapping stays valid if a writer later drops this generation
+            _ = self.faiss_index, self.embeddings, self._load_ids()
 
     def __repr__(self) -> str:
         return f"Shard(name={self.name!r}, num_records={self.num_records}, kind={self.kind.value!r})"
@@ -167,7 +171,14 @@ class Shard:
             self._embeddings = emb
         return self._embeddings
 
+    def _stale(self, err: Exception) -> StaleShardError:
+        return StaleShardError(
+            f"shard '{self.name}' was rewritten by another add/remove/build after this index was opened; reopen it"
+        )
+
     def _load_npy(self, name: str) -> np.ndarray:
+        if not self.path.is_dir():
+            raise self._stale(FileNotFoundError(name))
         try:
             array = np.load(self.path / name, mmap_mode="r" if self.mmap else None, allow_pickle=False)
         except (OSError, ValueError) as err:
@@ -181,6 +192,8 @@ class Shard:
     def faiss_index(self) -> faiss.Index:
         """The CPU faiss index (``IndexIDMap2(IndexFlatIP)`` by default); read-only when opened with mmap."""
         if self._index is None:
+            if not self.path.is_dir():
+                raise self._stale(FileNotFoundError("index.faiss"))
             index = store.read_faiss(
                 self.path / "index.faiss", mmap=self.mmap, flat=self.kind is IndexKind.FLAT
             )
