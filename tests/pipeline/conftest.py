@@ -1,0 +1,102 @@
+"""Fixtures for the pipeline tests: a small private index built with the bundled encoder, ledgers, a tiny decoder.
+
+The corpus is a few hundred digits of the bundled private half; the decoder is a randomly initialised tiny UNet
+built from config (decoder quality is not under test here, the privacy path is).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from accountant import Ledger
+from index import PrivateIndex, build_index
+from pipeline.data import load_mnist_split, to_pil
+from pipeline.decoders import TinyDecoder
+
+PER_CLASS = 30
+
+
+def _write_digits(folder: Path, labels: range, per_class: int = PER_CLASS) -> Path:
+    split = load_mnist_split()
+    for label in labels:
+        rows = np.flatnonzero(split.private_labels == label)[:per_class]
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            to_pil(split.private_images[row]).save(folder / str(label) / f"{row:04d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One shard ('default') of 300 private digits (30 per class)."""
+    root = tmp_path_factory.mktemp("single")
+    build_index(_write_digits(root / "pngs", range(10)), root / "index", progress=False, num_threads=1)
+    return root / "index"
+
+
+@pytest.fixture(scope="session")
+def two_shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards 'low' (digits 0-4) and 'high' (digits 5-9), 10 per class."""
+    root = tmp_path_factory.mktemp("two")
+    build_index(_write_digits(root / "low", range(5), 10), root / "index", shard="low", progress=False, num_threads=1)
+    build_index(_write_digits(root / "high", range(5, 10), 10), root / "index", shard="high", progress=False, num_threads=1)
+    return root / "index"
+
+
+@pytest.fixture(scope="session")
+def decoder_dir(tmp_path_factory: pytest.TempPathFactory, index_dir: Path) -> Path:
+    """A tiny randomly initialised TinyDecoder (8×8 images) saved like a trained one."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    dim = PrivateIndex.open(index_dir).dim
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn", block_out_channels=(8, 16), cross_attention_dim=dim,
+        attention_head_dim=4, class_embed_type="projection", projection_class_embeddings_input_dim=dim,
+    )
+    folder = tmp_path_factory.mktemp("decoder") / "tiny"
+    TinyDecoder(unet, DDIMScheduler(num_train_timesteps=50)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def encoder(index_dir: Path):
+    """The index's own (bundled) encoder, loaded once."""
+    return PrivateIndex.open(index_dir).load_encoder()
+
+
+@pytest.fixture()
+def decoder(decoder_dir: Path) -> TinyDecoder:
+    return TinyDecoder.from_pretrained(decoder_dir)
+
+
+@pytest.fixture()
+def private_copy(tmp_path: Path, index_dir: Path) -> Path:
+    """A per-test copy of the single-shard index (so its default ledger DIR/budget.sqlite is the test's own)."""
+    target = tmp_path / "index"
+    shutil.copytree(index_dir, target)
+    return target
+
+
+MakeLedger = Callable[..., Ledger]
+
+
+@pytest.fixture()
+def make_ledger(tmp_path: Path) -> MakeLedger:
+    """Create a ledger with one scope per given shard: ``make_ledger(path=None, default=dict(k=.., q=.., ...))``."""
+
+    def make(path: Path | None = None, **scopes: dict) -> Ledger:
+        ledger = Ledger(path or tmp_path / "budget.sqlite")
+        for name, params in scopes.items():
+            ledger.create_scope(name, **({"epsilon": 10.0, "delta": 1e-6} | params))
+        return ledger
+
+    return make
