@@ -1,0 +1,125 @@
+"""``make demo``: the bundled private digits → private index → privacy budget → a grid of private generations.
+
+Steps (each printed as the command a user would type; the CLI steps run the real ``dprdm`` app in-process):
+
+1. write the bundled private half (2,500 MNIST digits) as PNGs under ``demo-output/private``;
+2. ``dprdm index build`` over them with the bundled tiny encoder;
+3. ``dprdm budget init``: ε = 10, δ = 1e-6, σ calibrated so that 1,000 queries fit, k = 40, q = 0.2
+   (chosen with ``benchmarks/bench_privacy_utility.py``: at N = 2,500 and ten classes, k ≈ 0.8·q·N/10 keeps the
+   neighbours on-class);
+4. one private query per prompt "a handwritten digit 0" … "9" (4 images each, one charge each), written like
+   ``dprdm generate`` writes them, plus one 10 × 4 grid ``demo-output/demo_grid.png``;
+5. ``dprdm budget show``.
+
+Re-running reuses the index and its ledger, so the budget keeps counting down (it is never reset: the
+guarantee covers every query ever answered); ``make clean`` removes ``demo-output``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+OUT = Path("demo-output")
+EPSILON, DELTA, QUERIES, K, Q = 10.0, 1e-6, 1000, 40, 0.2
+N_IMAGES, STEPS, GUIDANCE, SEED = 4, 25, 2.0, 0
+PROMPTS = tuple(f"a handwritten digit {digit}" for digit in range(10))
+
+
+def _step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def _dprdm(*args: str) -> None:
+    """Run ``dprdm ARGS`` in this process (the same typer app as the console script); stop on failure."""
+    from pipeline.cli import app
+
+    print("$ dprdm " + shlex.join(args), flush=True)
+    try:
+        code = app(list(args), prog_name="dprdm", standalone_mode=False)  # an Exit comes back as its code
+    except Exception as err:  # a usage error carries its exit code
+        print(f"Error: {err}", file=sys.stderr)
+        code = getattr(err, "exit_code", 1)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
+
+
+def main() -> None:
+    """Run the demo end to end (≈ 1–3 minutes on one CPU thread)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    index_dir, private_dir, images_dir = OUT / "index", OUT / "private", OUT / "images"
+
+    _step("1. the bundled private half as a folder of PNGs")
+    from pipeline.data import write_private_pngs
+
+    if not (private_dir / "9").is_dir():
+        write_private_pngs(private_dir)
+    print(f"{sum(1 for _ in private_dir.rglob('*.png'))} PNGs in {private_dir}", flush=True)
+
+    _step("2. private index (bundled tiny encoder, exact flat inner-product index)")
+    if (index_dir / "manifest.json").is_file():
+        print(f"reusing {index_dir} (delete {OUT} to rebuild it)")
+    else:
+        _dprdm("index", "build", str(private_dir), "--index", str(index_dir), "--threads", "1")
+
+    _step("3. privacy budget: epsilon=10 at delta=1e-6 for 1,000 queries")
+    if (index_dir / "budget.sqlite").is_file():
+        print(f"reusing the ledger {index_dir / 'budget.sqlite'}: budgets are never reset")
+    else:
+        _dprdm("budget", "init", "--index", str(index_dir), "--epsilon", str(EPSILON), "--delta", str(DELTA),
+               "--queries", str(QUERIES), "--k", str(K), "--q", str(Q))
+
+    _step(f"4. ten private queries, {N_IMAGES} images each")
+    grid = _generate_all(index_dir, images_dir)
+    print(f"grid: {grid}")
+
+    _step("5. budget after the demo")
+    _dprdm("budget", "show", "--index", str(index_dir))
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs in {OUT}/", flush=True)
+
+
+def _generate_all(index_dir: Path, images_dir: Path) -> Path:
+    """One charged query per prompt through the library (models loaded once); returns the 10 × 4 grid path."""
+    import torch
+
+    from accountant import Ledger
+    from index import PrivateIndex
+    from pipeline.decoders import TinyDecoder
+    from pipeline.generate import Generator
+    from pipeline.outputs import make_grid, save_generation, save_png
+    from pipeline.retrieve import PrivateRetriever
+
+    index = PrivateIndex.open(index_dir)
+    ledger = Ledger(index_dir / "budget.sqlite", create=False)
+    generate = Generator(PrivateRetriever(index, ledger), index.load_encoder(num_threads=1), TinyDecoder.from_pretrained())
+    print("$ dprdm generate " + shlex.join([PROMPTS[0], "--index", str(index_dir), "--n-images", str(N_IMAGES),
+                                             "--out", str(images_dir)]) + "   # … and the other nine prompts")
+    rows = []
+    for prompt in PROMPTS:
+        result = generate(prompt, num_images=N_IMAGES, steps=STEPS, guidance_scale=GUIDANCE,
+                          generator=torch.Generator().manual_seed(SEED), caller="make demo")
+        saved = save_generation(result, images_dir)
+        rows.append(result.images)
+        print(f"{prompt!r}: {saved.grid.name}  epsilon spent {result.epsilon_spent:.3f} of "
+              f"{result.statuses[0].epsilon_budget:g}, {result.queries_remaining} queries left", flush=True)
+    return save_png(make_grid(rows, scale=3), OUT / "demo_grid.png")
+
+
+if __name__ == "__main__":
+    from accountant.errors import AccountantError
+    from index.errors import IndexStoreError
+    from pipeline.errors import PipelineError
+
+    try:
+        main()
+    except (IndexStoreError, AccountantError, PipelineError) as error:
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
