@@ -140,3 +140,13 @@ def test_bad_query_is_refused_before_the_charge(encoder, index_dir: Path, make_l
     with pytest.raises(PipelineInputError, match="dimension"):
         PrivateRetriever(index, ledger).retrieve(np.ones(index.dim + 1, np.float32) / np.sqrt(index.dim + 1))
     assert ledger.history() == []
+
+
+@pytest.mark.parametrize("mmap", [False, True], ids=["in-memory", "mmap"])
+def test_with_q_one_the_sample_is_everything_and_topk_is_exact(encoder, index_dir: Path, mmap: bool) -> None:
+    from pipeline.mechanism import subsample_topk
+
+    shard = PrivateIndex.open(index_dir, mmap=mmap).shard("default")
+    query = _query(encoder, "a handwritten digit 0")
+    _, exact = shard.search(query, K)
+    np.testing.assert_array_equal(subsample_topk(shard.faiss_index, query, K, 1.0, np.random.default_rng(0)), exact[0])
