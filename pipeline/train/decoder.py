@@ -121,7 +121,6 @@ def neighbour_means(embeddings: np.ndarray, k_max: int) -> np.ndarray:
 
 
 def _public_embeddings(encoder_dir: Path, split: DigitSplit) -> np.ndarray:
-    import index._torchvision_compat  # noqa: F401  (the shim must run before open_clip imports torchvision)
     import open_clip
 
     from pipeline.train.encoder import encode_image_array

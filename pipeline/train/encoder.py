@@ -117,7 +117,6 @@ class EncoderReport:
 
 def make_preprocess(preprocess_cfg: dict):
     """The open_clip eval transform for ``preprocess_cfg`` (what ``create_model_and_transforms`` returns)."""
-    import index._torchvision_compat  # noqa: F401  (the shim must run before open_clip imports torchvision)
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     return image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
@@ -197,7 +196,6 @@ def train_encoder(
     Returns:
         An :class:`EncoderReport` with the private-half zero-shot accuracy and P@10.
     """
-    import index._torchvision_compat  # noqa: F401  (the shim must run before open_clip imports torchvision)
     import open_clip
     from tqdm.auto import tqdm
 
