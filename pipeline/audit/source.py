@@ -60,4 +60,6 @@ def scope_and_embeddings(index_dir: str | Path, shard: str | None) -> tuple[dict
         "delta": float(status.delta),
         "queries": max(1, int(status.queries_charged + status.queries_remaining)),
     }
-    return scope, np.asarray(index.shard(shard).embeddings, dtype=np.float32)
+    chosen = index.shard(shard)
+    _ = chosen.faiss_index, chosen.ids  # load (and so check) every stored part: a damaged shard is refused
+    return scope, np.asarray(chosen.embeddings, dtype=np.float32)
