@@ -6,6 +6,7 @@ mechanisms): nothing was released and nothing new was written.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,8 +68,7 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
     from pipeline.retrieve import PrivateRetriever
 
     query_image = _open_image(image_path) if image_path is not None else None
-    if out.exists() and not out.is_dir():
-        raise _input_error(f"--out {out} is a file; pass a folder (it is created if missing)")
+    _check_out(out)
     index = PrivateIndex.open(index_dir)
     ledger = _open_ledger(ledger_path or Path(index_dir) / "budget.sqlite")
     retriever = PrivateRetriever(index, ledger, shards=shards or None)
@@ -93,6 +93,15 @@ def _open_image(path: Path):
             return image.convert("RGB")
     except UnidentifiedImageError:
         raise _input_error(f"--image {path} is not an image PIL can read; pass a PNG or JPEG") from None
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an unusable --out before the charge (it is only created after the charge commits)."""
+    if out.exists() and not out.is_dir():
+        raise _input_error(f"--out {out} is a file; pass a folder (it is created if missing)")
+    existing = next(parent for parent in (out.absolute(), *out.absolute().parents) if parent.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _input_error(f"--out {out}: cannot write under {existing}; pass a writable folder")
 
 
 def _open_ledger(path: Path):

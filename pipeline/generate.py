@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -246,9 +247,9 @@ def _check_call(
         raise PipelineInputError(f"image must be a PIL image; found {type(image).__name__}; open it with PIL.Image.open")
     _check_int("num_images", num_images, 1, MAX_IMAGES, "--n-images")
     _check_int("steps", steps, 1, 1000, "--steps")
-    if not isinstance(lambda_, int | float) or isinstance(lambda_, bool) or not 0.0 <= float(lambda_) <= 1.0:
+    if not isinstance(lambda_, numbers.Real) or isinstance(lambda_, bool) or not 0.0 <= float(lambda_) <= 1.0:
         raise PipelineInputError(f"lambda must be a number in [0, 1]; found {lambda_!r}; pass e.g. --lambda 1.0")
-    if not isinstance(guidance_scale, int | float) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+    if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise PipelineInputError(f"guidance must be a finite number ≥ 0; found {guidance_scale!r}; pass e.g. --guidance 2.0")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise PipelineInputError(f"generator must be a torch.Generator; found {type(generator).__name__}")

@@ -110,7 +110,7 @@ class PrivateRetriever:
         """The ``(k, q, sigma)`` mechanism shared by every targeted scope.
 
         Raises:
-            PrivacyRefusal: a shard has no scope (or no mechanism) in the ledger, or the scopes disagree.
+            PrivacyRefusal: a shard has no scope in the ledger, or the scopes disagree.
         """
         scopes = set(self.ledger.scopes())
         mechanisms = []
@@ -119,10 +119,7 @@ class PrivateRetriever:
                 raise PrivacyRefusal(
                     f"shard {shard!r} has no budget scope in the ledger; run 'dprdm budget init --index DIR --shard {shard}' first"
                 )
-            mechanism = self.ledger.mechanism(shard)
-            if mechanism is None:
-                raise PrivacyRefusal(f"budget scope {shard!r} has no (k, q, sigma) mechanism; re-create it with 'dprdm budget init'")
-            mechanisms.append(mechanism)
+            mechanisms.append(self.ledger.mechanism(shard))
         first = mechanisms[0]
         for shard, other in zip(self.shards[1:], mechanisms[1:], strict=True):
             if (other.k, other.q, other.sigma) != (first.k, first.q, first.sigma):
