@@ -52,16 +52,11 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-
 def run_cli(args: list[str], result_path: Path | None = None) -> int:
     """Run one ``dprdm`` command in-process (the real CLI code); optionally save exit code and output."""
     import json
 
-    from typer.testing import CliRunner
-
-    from pipeline.cli import app
-
-    result = CliRunner().invoke(app, args)
+    result = run_cli_result(args)
     if result_path is not None:
         payload = {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr}
         Path(result_path).write_text(json.dumps(payload))
@@ -100,3 +95,12 @@ def assert_one_error_line(stderr: str, fragment: str = "") -> str:
     assert len(errors) == 1 and lines[-1] == errors[0], stderr
     assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+def run_cli_result(args: list[str]):
+    """Run one ``dprdm`` command in-process and return typer's ``Result`` (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    return CliRunner().invoke(app, args)

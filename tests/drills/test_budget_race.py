@@ -55,4 +55,3 @@ def test_exactly_m_generations_succeed(fits, index_dir, decoder_dir, forkserver,
     drill_counts["budget races run"] += 1
     drill_counts["budget race generate processes"] += RACERS
     drill_counts["budget race refusals (exit 3, nothing written)"] += RACERS - fits
-

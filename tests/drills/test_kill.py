@@ -49,7 +49,9 @@ def _released(out_root):
 
 
 @pytest.mark.timeout(300)
-def test_kill_generate_never_releases_uncharged_output(index_dir, decoder_dir, forkserver, tmp_path, drill_counts):
+def test_kill_generate_never_releases_uncharged_output(
+    index_dir, decoder_dir, forkserver, tmp_path, drill_counts
+):
     ledger_path = add_scope(index_dir, queries_fit=100_000, q=0.5, sigma=2.0)
     out_root = tmp_path / "outs"
     out_root.mkdir()
@@ -101,7 +103,9 @@ def test_kill_index_build_leaves_one_complete_version(
         child.start()
         survived += _kill_after(child, rng.uniform(0.05, 3.0))
         records, rows = _content(index_dir)  # opens: manifests, sizes and row counts agree
-        match = [i for i, (n, ref) in enumerate(versions) if n == records and np.allclose(rows, ref, atol=1e-6)]
+        match = [
+            i for i, (n, ref) in enumerate(versions) if n == records and np.allclose(rows, ref, atol=1e-6)
+        ]
         assert match, f"index holds {records} records matching neither version"
         seen.add(match[0])
         assert ledger_path.read_bytes() == ledger_bytes, "index build touched the ledger"
