@@ -59,6 +59,7 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
          seed) -> dict[str, Any]:
     """Open everything, run one charged query and write the outputs (only after the charge committed)."""
     import torch
+    from diffusers.utils import logging as diffusers_logging
 
     from accountant import BudgetExceeded
     from index import PrivateIndex
@@ -67,6 +68,7 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
     from pipeline.outputs import save_generation
     from pipeline.retrieve import PrivateRetriever
 
+    diffusers_logging.set_verbosity_error()  # keep stderr to progress and one-line errors
     query_image = _open_image(image_path) if image_path is not None else None
     _check_out(out)
     index = PrivateIndex.open(index_dir)
