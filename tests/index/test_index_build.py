@@ -58,7 +58,7 @@ def test_exact_knn_equals_numpy_brute_force(tmp_path: Path, tiny_model: str) -> 
     emb = np.concatenate([s.embeddings for s in idx.shards()])
     assert emb.dtype == np.float32 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     rng = np.random.default_rng(0)
-    queries = rng.normal(size=(7, 16)).astype(np.float32)
+    queries = rng.normal(size=(20, 16)).astype(np.float32)  # >= 16 queries: the BLAS path
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     queries = np.concatenate([queries, idx.load_encoder().encode_text(["a photo", "noise"])])
     scores, got = idx.search(queries, 10)

@@ -212,3 +212,26 @@ def test_name_plus_weights_file(tmp_path: Path) -> None:
     enc = load_encoder("dprdm-test-tiny", str(tmp_path / "w.safetensors"))
     assert enc.dim == 16 and enc.model_id.startswith("dprdm-test-tiny@")
     assert enc.spec.to_dict() == {"model": "dprdm-test-tiny", "pretrained": str(tmp_path / "w.safetensors")}
+
+
+def test_a_second_writer_is_refused_while_one_holds_the_lock(built: Path, corpus: Path) -> None:
+    from index import store
+
+    with store.writer_lock(built):
+        with pytest.raises(IndexInputError, match="being modified by another process"):
+            build_index(corpus, built, shard="again", progress=False)
+        with pytest.raises(IndexInputError, match="being modified by another process"):
+            PrivateIndex.open(built).remove(ids=[1])
+        assert PrivateIndex.open(built).info()["records"] == 24  # readers are never blocked
+
+
+def test_an_emptied_shard_still_opens_searches_and_refills(built: Path, corpus: Path) -> None:
+    idx = PrivateIndex.open(built)
+    assert idx.remove(sources=[str(corpus)]) == 24
+    shard = idx.shard("default")
+    assert shard.num_records == 0 and shard.embeddings.shape == (0, 16)
+    assert shard.vectors(np.array([], dtype=np.int64)).shape == (0, 16)
+    scores, ids = idx.search(np.ones((2, 16), np.float32), 3)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+    report = idx.add(corpus, shard="default")
+    assert report.encoded == 24 and idx.info()["records"] == 24  # removed embeddings were not kept anywhere
