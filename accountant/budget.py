@@ -115,9 +115,9 @@ def remaining_queries(
 ) -> int:
     """Exact number m of further queries that fit: ``charged + m`` is within budget, ``charged + m + 1`` is not.
 
-    Epsilon is non-decreasing in the count (RDP vectors are non-negative), so an exponential then a binary
-    search over integers with the same strict policy as the ledger gives the exact answer. Returns ``2**53``
-    when even that many queries would fit.
+    Epsilon is non-decreasing in the count (RDP vectors are non-negative). A closed-form per-order guess is
+    confirmed with ``compute_epsilon`` at guess +- 2 (falling back to an exponential then binary search), always
+    with the ledger's strict policy, so the answer is exact. Returns ``2**53`` when even that many would fit.
     """
 
     def fits(extra: int) -> bool:
@@ -126,15 +126,42 @@ def remaining_queries(
 
     if not fits(0) or not fits(1):
         return 0
+    guess = _linear_guess(vector, charged, epsilon_budget=epsilon_budget, delta=delta, orders=orders)
+    if guess is not None:
+        low, high = max(guess - 2, 1), guess + 2
+        if fits(low) and not fits(high):
+            return _bisect(fits, low, high)
     low, high = 1, 2
     while fits(high):
         low, high = high, high * 2
         if high > _UNLIMITED:
             return _UNLIMITED
-    while high - low > 1:  # invariant: fits(low) and not fits(high)
+    return _bisect(fits, low, high)
+
+
+def _bisect(fits, low: int, high: int) -> int:
+    """Largest m in [low, high) with fits(m), given fits(low) and not fits(high)."""
+    while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
     return low
+
+
+def _linear_guess(
+    vector: np.ndarray, charged: int, *, epsilon_budget: float, delta: float, orders: tuple[float, ...]
+) -> int | None:
+    """Closed-form estimate of the remaining count: at each order a > 1.01, dp-accounting's conversion
+    eps_a(n) = n * c_a + log1p(-1/a) - log(delta * a) / (a - 1) is linear in n, and eps = min over orders;
+    the exact answer is then confirmed (or found by search) with the real ``compute_epsilon``."""
+    a = np.asarray(orders, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        offset = np.log1p(-1.0 / a) - np.log(delta * a) / (a - 1.0)
+        total = np.floor((epsilon_budget - offset) / vector)
+    usable = (a > 1.01) & np.isfinite(total) & (vector > 0)
+    if not usable.any():
+        return None
+    best = float(total[usable].max()) - charged
+    return int(best) if 1 <= best < _UNLIMITED else None
 
 
 def max_queries(

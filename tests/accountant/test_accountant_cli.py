@@ -60,7 +60,19 @@ def test_plan_epsilon_to_sigma_never_overshoots():
     assert out["sigma"] == calibrate_sigma(k=16, q=0.02, queries=500, epsilon=2.0, delta=1e-6)
     assert out["epsilon"] <= 2.0 and out["epsilon_target"] == 2.0
     assert out["noise_multiplier"] == pytest.approx(out["sigma"] * 8)
-    human = run("plan", "--epsilon", "2", "--delta", "1e-6", "--queries", "500", "--k", "16", "--q", "0.02")
+    human = run(
+        "plan",
+        "--sigma",
+        str(out["sigma"]),
+        "--delta",
+        "1e-6",
+        "--queries",
+        "500",
+        "--k",
+        "16",
+        "--q",
+        "0.02",
+    )
     assert human.exit_code == 0 and "noise multiplier" in human.stdout and "add/remove-one" in human.stdout
 
 

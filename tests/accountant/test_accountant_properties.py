@@ -107,3 +107,28 @@ def test_refusal_is_monotone(tmp_path_factory, fit, asks):
 def test_event_kind_follows_q(q):
     event = Mechanism(k=4, q=q, sigma=1.0).dp_event()
     assert type(event).__name__ == ("GaussianDpEvent" if q == 1.0 else "PoissonSampledDpEvent")
+
+
+@settings(max_examples=15)
+@given(
+    k=ks,
+    q=qs,
+    z=zs,
+    charged=st.integers(min_value=0, max_value=20),
+    target=st.integers(min_value=1, max_value=200),
+    factor=st.floats(min_value=0.999, max_value=1.001),
+)
+def test_remaining_queries_matches_a_linear_count(k, q, z, charged, target, factor):
+    """The closed-form-guided search equals counting one query at a time with the ledger's strict policy."""
+    from accountant import event_rdp, remaining_queries, within_budget
+    from accountant.budget import epsilon_and_order
+
+    m = mech(k, q, z)
+    vector = event_rdp(m.dp_event())
+    budget = epsilon_for(m, queries=target, delta=DELTA) * factor
+    count = 0
+    while within_budget(epsilon_and_order(vector, charged + count + 1, delta=DELTA)[0], budget):
+        count += 1
+    if not within_budget(epsilon_and_order(vector, charged, delta=DELTA)[0], budget):
+        count = 0
+    assert remaining_queries(vector, charged, epsilon_budget=budget, delta=DELTA) == count
