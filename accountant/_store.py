@@ -95,7 +95,11 @@ class _Store:
         self._lock = threading.Lock()
         self._owned: list[tuple[int, sqlite3.Connection]] = []
         self._closed = False
-        self._open(create=create and not read_only)
+        try:
+            self._open(create=create and not read_only)
+        except BaseException:
+            self.close()
+            raise
 
     # -- errors ---------------------------------------------------------------------------------------------
     @contextmanager

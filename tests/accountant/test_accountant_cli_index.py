@@ -70,3 +70,6 @@ def test_init_creates_one_scope_per_shard_with_records_from_the_index(two_shard_
 
     shown = runner.invoke(app, ["budget", "show", "--index", str(two_shard_index), "--json"])
     assert shown.exit_code == 0 and sorted(json.loads(shown.stdout)["scopes"]) == ["big", "small"]
+    from index import PrivateIndex
+
+    assert PrivateIndex.open(two_shard_index).info()["records"] == 9  # the ledger file does not upset the index
