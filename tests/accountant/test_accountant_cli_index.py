@@ -72,4 +72,5 @@ def test_init_creates_one_scope_per_shard_with_records_from_the_index(two_shard_
     assert shown.exit_code == 0 and sorted(json.loads(shown.stdout)["scopes"]) == ["big", "small"]
     from index import PrivateIndex
 
-    assert PrivateIndex.open(two_shard_index).info()["records"] == 9  # the ledger file does not upset the index
+    # the ledger file inside the index directory does not upset the index
+    assert PrivateIndex.open(two_shard_index).info()["records"] == 9
