@@ -52,7 +52,7 @@ def test_epsilon_non_increasing_in_sigma(k, q, z1, z2, t):
     )
 
 
-@settings(max_examples=4)
+@settings(max_examples=3)
 @given(
     k=ks,
     q=st.floats(min_value=1e-3, max_value=0.2),
