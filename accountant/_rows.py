@@ -51,6 +51,16 @@ def tampered(path: Path, scope: str, what: str) -> LedgerUnavailable:
     )
 
 
+def vector_to_blob(vector: np.ndarray) -> bytes:
+    """Running RDP vectors are stored as little-endian float64 bytes (exact, and ~100x cheaper than JSON)."""
+    return np.ascontiguousarray(vector, dtype="<f8").tobytes()
+
+
+def vector_from_blob(blob: bytes) -> np.ndarray:
+    """Inverse of :func:`vector_to_blob` (raises ValueError on a length that is not a multiple of 8)."""
+    return np.frombuffer(blob, dtype="<f8").astype(np.float64)
+
+
 @lru_cache(maxsize=64)
 def orders_from_json(text: str) -> tuple[float, ...]:
     """Parse a stored order grid (non-empty, finite, every order > 1)."""
@@ -69,9 +79,9 @@ def per_query(mechanism: Mechanism, orders: tuple[float, ...]) -> tuple[np.ndarr
 
 def parse_row(row: tuple) -> ScopeRow:
     """Parse a ``SCOPE_SQL`` row; raises ValueError naming what is unreadable."""
-    name, eps, delta, k, q, sigma, orders, records, version, created, adjacency, queries, rdp_text = row
+    name, eps, delta, k, q, sigma, orders, records, version, created, adjacency, queries, rdp_blob = row
     try:
-        if rdp_text is None or queries is None:
+        if rdp_blob is None or queries is None:
             raise ValueError("no spend row")
         if adjacency != ADJACENCY.name:
             raise ValueError(f"adjacency {adjacency}")
@@ -79,7 +89,9 @@ def parse_row(row: tuple) -> ScopeRow:
         mech = Mechanism(k=k, q=q, sigma=sigma)
         check_epsilon(eps)
         check_delta(delta)
-        stored = np.asarray(json.loads(rdp_text), dtype=np.float64)
+        if not isinstance(rdp_blob, bytes):
+            raise ValueError("running RDP vector is not a float64 blob")
+        stored = vector_from_blob(rdp_blob)
         if stored.shape != (len(orders_t),) or int(queries) < 0:
             raise ValueError("running RDP vector has the wrong shape")
     except (TypeError, AccountantInputError) as err:

@@ -62,7 +62,7 @@ _V1 = (
     """CREATE TABLE spend (
         scope TEXT PRIMARY KEY NOT NULL REFERENCES scopes(name),
         queries INTEGER NOT NULL CHECK (queries >= 0),
-        rdp TEXT NOT NULL)""",
+        rdp BLOB NOT NULL)""",
     """CREATE TRIGGER charges_append_only_update BEFORE UPDATE ON charges
         BEGIN SELECT RAISE(ABORT, 'the charge log is append-only'); END""",
     """CREATE TRIGGER charges_append_only_delete BEFORE DELETE ON charges

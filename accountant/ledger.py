@@ -27,8 +27,18 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from accountant._audit import audit, refusal
-from accountant._rows import SCOPE_SQL, ScopeRow, check_running, orders_from_json, parse_row, tampered
+from accountant._rows import (
+    SCOPE_SQL,
+    ScopeRow,
+    check_running,
+    orders_from_json,
+    parse_row,
+    tampered,
+    vector_to_blob,
+)
 from accountant._store import _Store
 from accountant.budget import (
     calibrate_sigma,
@@ -294,7 +304,9 @@ class Ledger:
                     time.time(),
                 ),
             )
-            conn.execute("INSERT INTO spend VALUES (?, 0, ?)", (name, json.dumps([0.0] * len(orders_t))))
+            conn.execute(
+                "INSERT INTO spend VALUES (?, 0, ?)", (name, vector_to_blob(np.zeros(len(orders_t))))
+            )
         return self.status(name)
 
     @staticmethod
@@ -364,7 +376,7 @@ class Ledger:
                         f"{s.queries} would spend epsilon={eps:.6g} > budget {s.epsilon:g} at delta={s.delta:g}; "
                         "nothing was charged or released; stop querying this scope or create a new scope/index"
                     )
-                updates.append((name, total, json.dumps((total * s.per_query).tolist()), s.event_json))
+                updates.append((name, total, vector_to_blob(total * s.per_query), s.event_json))
                 lines.append(
                     ReceiptLine(
                         scope=name,
@@ -375,11 +387,11 @@ class Ledger:
                         epsilon_budget=s.epsilon,
                     )
                 )
-            for name, total, rdp_text, event_text in updates:
+            for name, total, rdp_blob, event_text in updates:
                 conn.execute(
                     "INSERT INTO charges (group_id, time, scope, event, count, caller, purpose) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (group, now, name, event_text, count, caller, purpose),
                 )
-                conn.execute("UPDATE spend SET queries = ?, rdp = ? WHERE scope = ?", (total, rdp_text, name))
+                conn.execute("UPDATE spend SET queries = ?, rdp = ? WHERE scope = ?", (total, rdp_blob, name))
         return Receipt(group_id=group, time=now, caller=caller, purpose=purpose, lines=tuple(lines))

@@ -266,13 +266,13 @@ def test_closed_ledger_refuses(ledger_path):
 
 
 def test_running_vector_is_count_times_per_query_vector(ledger, ledger_path):
-    import json
 
     from accountant import event_rdp
 
     for _ in range(3):
         ledger.charge("a")
-    stored = json.loads(raw(ledger_path).execute("SELECT rdp FROM spend WHERE scope='a'").fetchone()[0])
+    blob = raw(ledger_path).execute("SELECT rdp FROM spend WHERE scope='a'").fetchone()[0]
+    stored = np.frombuffer(blob, dtype="<f8")
     np.testing.assert_array_equal(stored, 3 * event_rdp(MECH.dp_event()))
 
 

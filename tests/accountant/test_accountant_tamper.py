@@ -7,7 +7,6 @@ byte-for-byte untouched, and never recreate or reset it.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -62,8 +61,8 @@ def _sql(*statements: str) -> Callable[[Path], None]:
 
 def _zero_running_vector(path: Path) -> None:
     conn = raw(path)
-    (text,) = conn.execute("SELECT rdp FROM spend WHERE scope = 'a'").fetchone()
-    conn.execute("UPDATE spend SET rdp = ? WHERE scope = 'a'", (json.dumps([0.0] * len(json.loads(text))),))
+    (blob,) = conn.execute("SELECT rdp FROM spend WHERE scope = 'a'").fetchone()
+    conn.execute("UPDATE spend SET rdp = zeroblob(?) WHERE scope = 'a'", (len(blob),))
     conn.close()
 
 
@@ -108,6 +107,14 @@ CASES = {
             """UPDATE charges SET event = '{"module_name":"os","class_name":"system"}' WHERE id = 1""",
         ),
         "unreadable event in the charge log",
+    ),
+    "running-vector-not-a-blob": (
+        _sql("UPDATE spend SET rdp = 'oops' WHERE scope = 'a'"),
+        "unreadable scope row: running RDP vector is not a float64 blob",
+    ),
+    "running-vector-truncated": (
+        _sql("UPDATE spend SET rdp = substr(rdp, 1, 13) WHERE scope = 'a'"),
+        "unreadable scope row",
     ),
     "spend-row-missing": (_sql("DELETE FROM spend WHERE scope = 'b'"), "no spend row"),
     "orders-garbled": (
