@@ -18,6 +18,7 @@ public half's distance as the "real images" floor. Writes ``benchmarks/results/q
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -57,21 +58,30 @@ def downsample(images: np.ndarray, size: int) -> np.ndarray:
     return np.clip((x + 1) * 127.5, 0, 255).round().astype(np.uint8)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
     import open_clip
     from sklearn.linear_model import LogisticRegression
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decoder", type=Path, default=None, help="TinyDecoder folder (default: bundled)")
+    parser.add_argument("--per-class", type=int, default=PER_CLASS, help="test queries per class")
+    parser.add_argument("--out", type=Path, default=ROOT, help="root for benchmarks/results and docs/")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's order-convergence chatter
     start = time.perf_counter()
     rng = np.random.default_rng(0)  # benchmark only: subsampling/noise of a demo split, nothing is released
     split = load_mnist_split()
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{default_encoder_dir()}")
-    decoder = TinyDecoder.from_pretrained()
+    decoder = TinyDecoder.from_pretrained(args.decoder)
+    per_class = args.per_class
     size = decoder.image_size
 
     # queries: 10 private images per class, held out of the retrieval set
     labels = split.private_labels
-    test = np.concatenate([rng.choice(np.flatnonzero(labels == c), PER_CLASS, replace=False) for c in range(10)])
+    test = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
     corpus = np.setdiff1d(np.arange(len(labels)), test)
     emb = encode_image_array(model, split.private_images, preprocess)
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(emb.shape[1]))
@@ -107,14 +117,14 @@ def main() -> None:
         fd = frechet_distance(embed_small(pixels), ref)
         noise_norm = None if sigma is None else sigma * np.sqrt(emb.shape[1])
         results.append((name, sigma, noise_norm, acc, fd, time.perf_counter() - t0))
-        grids.append(pixels[:: PER_CLASS * SAMPLES_PER_QUERY])  # first sample of the first query of each class
+        grids.append(pixels[:: per_class * SAMPLES_PER_QUERY])  # first sample of the first query of each class
         print(f"{name}: acc {acc:.3f} FD {fd:.3f}", file=sys.stderr)
     total = time.perf_counter() - start
-    write_grid(downsample(split.private_images[test[::PER_CLASS]], size), grids, [r[0] for r in results])
-    write_table(results, clf_acc, fd_public, sigmas, emb.shape[1], total, size)
+    write_grid(args.out, downsample(split.private_images[test[::per_class]], size), grids, [r[0] for r in results])
+    write_table(args.out, results, clf_acc, fd_public, emb.shape[1], total, size, len(test))
 
 
-def write_grid(queries: np.ndarray, grids: list[np.ndarray], names: list[str]) -> None:
+def write_grid(root: Path, queries: np.ndarray, grids: list[np.ndarray], names: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,17 +141,20 @@ def write_grid(queries: np.ndarray, grids: list[np.ndarray], names: list[str]) -
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(f"bundled tiny decoder, k={K}, q={Q}, δ={DELTA:g}, {QUERIES} queries", fontsize=9)
     fig.tight_layout()
-    out = ROOT / "docs" / "samples_grid.png"
-    out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=80)
+    out = root / "docs" / "samples_grid.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    os.replace(tmp, out)
 
 
-def write_table(results, clf_acc, fd_public, sigmas, dim, total, size) -> None:
+def write_table(root: Path, results, clf_acc, fd_public, dim, total, size, n_queries) -> None:
     lines = [
         "# Quality of the bundled decoder under DP retrieval",
         "",
         f"`OMP_NUM_THREADS=1 python benchmarks/bench_quality.py` — k = {K}, q = {Q}, δ = {DELTA:g}, "
-        f"{QUERIES:,} queries; 100 private test queries (10 per class) × {SAMPLES_PER_QUERY} samples, "
+        f"{QUERIES:,} queries; {n_queries} private test queries (one class each, held out of the retrieval set) × "
+        f"{SAMPLES_PER_QUERY} samples, "
         f"DDIM {STEPS} steps, guidance {GUIDANCE}; embedding d = {dim}, images {size}×{size}. "
         "σ from `accountant.calibrate_sigma` (dp-accounting RDP, Poisson-subsampled Gaussian, sensitivity 2/k, "
         "add/remove-one).",
@@ -152,9 +165,9 @@ def write_table(results, clf_acc, fd_public, sigmas, dim, total, size) -> None:
     for name, sigma, noise_norm, acc, fd, secs in results:
         s = "–" if sigma is None else f"{sigma:.3f}"
         n = "–" if noise_norm is None else f"{noise_norm:.2f}"
-        lines.append(f"| {name} | {s} | {n} | {acc:.3f} | {fd:.3f} | {secs:.1f} |")
+        lines.append(f"| {name} | {s} | {n} | {acc:.3f} | {fd:.4f} | {secs:.1f} |")
     lines += [
-        f"| reference: real private images | – | – | {clf_acc:.3f} | {fd_public:.3f} (public vs private) | – |",
+        f"| reference: real private images | – | – | {clf_acc:.3f} | {fd_public:.4f} (public vs private) | – |",
         "",
         "Class accuracy: a logistic regression on the PUBLIC half's pixels (at the decoder's resolution) labels each "
         "sample; a sample counts as correct when it gets the query image's class (chance 0.10). Fréchet distance: "
@@ -165,7 +178,7 @@ def write_table(results, clf_acc, fd_public, sigmas, dim, total, size) -> None:
         f"Total run time: {total:.0f} s on one thread. Sample grid: `docs/samples_grid.png`.",
         "",
     ]
-    out = ROOT / "benchmarks" / "results" / "quality.md"
+    out = root / "benchmarks" / "results" / "quality.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))
