@@ -196,7 +196,8 @@ def bench_rss(path: Path) -> list[str]:
     rows = [
         "Fresh subprocess per row; resident memory (MiB) after the imports, after `PrivateIndex.open` + loading the "
         "faiss index, and after the first 1-query search (which reads every vector; with mmap the resident pages are "
-        "file-backed page cache, shared and reclaimable, not private heap). Index files: "
+        "file-backed page cache, shared and reclaimable, not private heap; the first mmap search pays the page-ins "
+        "from disk). Index files: "
         f"{sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) / 2**30:.2f} GiB.",
         "",
         "| open | RSS imports | RSS after open | open ms | RSS after 1st search | 1st search ms | 2nd search ms |",

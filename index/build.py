@@ -28,7 +28,7 @@ from index.sources import DEFAULT_MAX_PIXELS, read_source
 _SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BuildReport:
     """Outcome of a build or add: the index ``info()`` after the commit plus this operation's counts.
 

@@ -26,28 +26,28 @@ from index.safety import IndexKind, check_faiss_index
 logger = logging.getLogger(__name__)
 
 FILES = ("index.faiss", "embeddings.npy", "ids.npy", "metadata.sqlite")
-_BLAS_MIN_QUERIES = 16
 _BLAS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _blas_for_batches() -> Iterator[None]:
-    """Let faiss use BLAS for batches of >= 16 queries during one search, then restore the global setting.
+def _distance_path(num_queries: int) -> Iterator[None]:
+    """Pick faiss's flat-search kernel for one call, then restore the global setting.
 
-    faiss-cpu 1.15 ships ``distance_compute_blas_threshold = 128000``, so flat search never uses BLAS and a
-    batch of 64 queries is several times slower than one matrix product (benchmarks/results/index.md).
-    Results are the same exact top-k either way.
+    faiss-cpu 1.15 ships ``distance_compute_blas_threshold = 128000`` and never takes the BLAS path for
+    small batches: 64 queries at d = 512 ran 6-9x slower than one matrix product, while a single query is
+    fastest on the SIMD scan (benchmarks/results/index.md). So: BLAS for batches, SIMD for one query,
+    whatever the threshold is compared against. Results are the same exact top-k either way.
     """
     with _BLAS_LOCK:
         previous = faiss.cvar.distance_compute_blas_threshold
-        faiss.cvar.distance_compute_blas_threshold = _BLAS_MIN_QUERIES
+        faiss.cvar.distance_compute_blas_threshold = 1 if num_queries > 1 else 2**30
         try:
             yield
         finally:
             faiss.cvar.distance_compute_blas_threshold = previous
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ShardContent:
     """Everything a new shard generation holds, in row order (input of :func:`write_shard`)."""
 
@@ -259,7 +259,7 @@ class Shard:
             raise IndexInputError(f"queries have dimension {q.shape[1]}, shard '{self.name}' has {self._dim}")
         if self.num_records == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        with _blas_for_batches():
+        with _distance_path(len(q)):
             scores, ids = self._search_index().search(q, k)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids.astype(np.int64)

@@ -142,7 +142,7 @@ def read_faiss(path: Path, *, mmap: bool, flat: bool) -> faiss.Index:
         raise IndexCorruptError(f"index file '{path}' is unreadable or truncated; rebuild the shard") from err
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetadataRow:
     """One stored record: content id and the source it came from (first copy; later copies are aliases)."""
 
