@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from accountant._audit import audit, refusal
+from accountant._inputs import check_label, check_scope_name, resolve_mechanism
 from accountant._rows import (
     SCOPE_SQL,
     ScopeRow,
@@ -41,7 +42,6 @@ from accountant._rows import (
 )
 from accountant._store import _Store
 from accountant.budget import (
-    calibrate_sigma,
     check_delta,
     check_epsilon,
     epsilon_and_order,
@@ -59,26 +59,6 @@ from accountant.events import (
 from accountant.records import Charge, Receipt, ReceiptLine, ScopeStatus, VerifyReport
 
 __all__ = ["Ledger"]
-
-_MAX_LABEL = 500
-
-
-def _check_label(name: str, value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > _MAX_LABEL or not value.isprintable():
-        raise AccountantInputError(
-            f"{name} must be printable text of at most {_MAX_LABEL} characters; found {value!r:.60}; shorten it"
-        )
-    return value
-
-
-def _check_scope_name(name: str) -> str:
-    if not isinstance(name, str) or not name or len(name) > 200 or not name.isprintable():
-        raise AccountantInputError(
-            f"scope name must be 1-200 printable characters; found {name!r:.60}; use the shard name, e.g. 'default'"
-        )
-    return name
 
 
 class Ledger:
@@ -270,10 +250,19 @@ class Ledger:
             LedgerUnavailable: the ledger cannot be written.
         """
         self._writable()
-        name = _check_scope_name(name)
+        name = check_scope_name(name)
         epsilon = check_epsilon(epsilon)
         delta = check_delta(delta, records=records, scope=name)
-        mech = self._resolve_mechanism(mechanism, sigma, queries, k, q, epsilon, delta, orders)
+        mech = resolve_mechanism(
+            mechanism,
+            sigma=sigma,
+            queries=queries,
+            k=k,
+            q=q,
+            epsilon=epsilon,
+            delta=delta,
+            orders=tuple(orders),
+        )
         orders_t = orders_from_json(json.dumps([float(a) for a in orders]))
         per_query = event_rdp(mech.dp_event(), orders_t)
         first, _ = epsilon_and_order(per_query, 1, delta=delta, orders=orders_t)
@@ -309,30 +298,6 @@ class Ledger:
             )
         return self.status(name)
 
-    @staticmethod
-    def _resolve_mechanism(mechanism, sigma, queries, k, q, epsilon, delta, orders) -> Mechanism:
-        if mechanism is not None:
-            if any(v is not None for v in (sigma, queries, k, q)):
-                raise AccountantInputError(
-                    "pass either mechanism= or k/q with sigma/queries, not both; drop one of them"
-                )
-            if not isinstance(mechanism, Mechanism):
-                raise AccountantInputError(
-                    f"mechanism must be an accountant.Mechanism; found {type(mechanism)}"
-                )
-            return mechanism
-        if k is None or q is None:
-            raise AccountantInputError("k and q are required without mechanism=; pass e.g. --k 16 --q 0.01")
-        if (sigma is None) == (queries is None):
-            raise AccountantInputError(
-                "pass exactly one of sigma or queries (to calibrate sigma); found both/none"
-            )
-        if sigma is None:
-            sigma = calibrate_sigma(
-                k=k, q=q, queries=queries, epsilon=epsilon, delta=delta, orders=tuple(orders)
-            )
-        return Mechanism(k=k, q=q, sigma=sigma)
-
     def charge(
         self,
         scope_or_scopes: str | Sequence[str],
@@ -359,7 +324,7 @@ class Ledger:
             raise AccountantInputError(f"charge needs distinct scope names; found {names!r}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise AccountantInputError(f"count must be an integer >= 1; found {count!r}")
-        caller, purpose = _check_label("caller", caller), _check_label("purpose", purpose)
+        caller, purpose = check_label("caller", caller), check_label("purpose", purpose)
         group = uuid.uuid4().hex
         lines: list[ReceiptLine] = []
         with self._store.transaction("charging") as conn:
