@@ -52,8 +52,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import torch
+    from diffusers.utils import logging as diffusers_logging
 
     torch.set_num_threads(1)
+    diffusers_logging.set_verbosity_error()
     start = time.perf_counter()
     index_dir, private_dir, images_dir = OUT / "index", OUT / "private", OUT / "images"
 

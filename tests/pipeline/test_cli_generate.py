@@ -113,3 +113,21 @@ def test_bad_input_exits_2_with_one_line(runner, private_copy: Path, make_ledger
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("Error: ") and fragment in result.stderr and result.stderr.count("\n") == 1
     assert _ledger_rows(private_copy / "budget.sqlite") == 0 and not (tmp_path / "out").exists()
+
+
+def test_end_to_end_on_the_bundled_default(runner, private_copy: Path, tmp_path) -> None:
+    """Bundled encoder (index) and bundled decoder: budget init, two prompts, budget show, through the CLI."""
+    init = runner.invoke(app, ["budget", "init", "--index", str(private_copy), "--epsilon", "10", "--delta", "1e-6",
+                               "--queries", "100", "--k", "10", "--q", "0.2", "--json"])
+    assert init.exit_code == 0, init.stderr
+    remaining = []
+    for digit in (1, 7):
+        result = _generate(runner, f"a handwritten digit {digit}", "--index", str(private_copy), "--n-images", "2",
+                           "--steps", "2", "--out", str(tmp_path / "out"), "--seed", "0", "--json")
+        assert result.exit_code == 0, result.stderr
+        payload = json.loads(result.stdout)
+        assert len(payload["images"]) == 2 and Path(payload["grid"]).is_file()
+        remaining.append(payload["queries_remaining"])
+    assert remaining == [99, 98]
+    show = runner.invoke(app, ["budget", "show", "--index", str(private_copy), "--json"])
+    assert show.exit_code == 0 and "default" in show.stdout
