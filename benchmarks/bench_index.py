@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from index import DEFAULT_MODEL_DIR, PrivateIndex, build_index  # noqa: E402
 from index.build import _new_manifest  # noqa: E402
 from index.private_index import commit  # noqa: E402
+from index.safety import IndexKind  # noqa: E402
 from index.shard import ShardContent  # noqa: E402
 from index.store import MetadataRow, make_private_dir, utc_now  # noqa: E402
 
@@ -118,7 +119,7 @@ def _synthetic_index(path: Path, n: int, rng: np.random.Generator) -> None:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     ids = np.arange(n, dtype=np.int64) * 7 + 3
     make_private_dir(path)
-    top = _new_manifest(path, encoder, None, None)  # type: ignore[arg-type]
+    top = _new_manifest(encoder, IndexKind.FLAT, None)  # type: ignore[arg-type]
     content = ShardContent(
         name="bench", ids=ids, embeddings=emb, rows=[MetadataRow(int(i), f"synthetic/{i}") for i in ids],
         aliases=[], skipped=[], created=utc_now(),

@@ -20,11 +20,12 @@ from index.encoder import Encoder, load_encoder, torch_threads
 from index.errors import IndexInputError
 from index.ingest import ingest
 from index.private_index import PrivateIndex, check_encoder, commit, drop_unreferenced, read_top_manifest
-from index.quantizer import train_public_quantizer
+from index.quantizer import PublicQuantizer, train_public_quantizer
 from index.resume import Checkpoints
 from index.safety import IndexKind, resolve_index_type
 from index.sources import DEFAULT_MAX_PIXELS, read_source
 
+_STAT_FIELDS = ("shard", "added", "encoded", "reused", "duplicates", "skipped", "seconds", "encoder_seconds")
 _SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -67,20 +68,11 @@ def _validate(shard: str, batch_size: int) -> None:
         raise IndexInputError(f"--batch-size must be >= 1, found {batch_size}; pass a positive batch size")
 
 
-def _new_manifest(
-    index_dir: Path, encoder: Encoder, index_type: str | None, public_train: str | os.PathLike[str] | None
-) -> dict[str, Any]:
-    """The manifest of a new, empty index (writing quantizer.faiss for ivf-flat)."""
-    kind = resolve_index_type(index_type or IndexKind.FLAT.value, public_train=public_train is not None)
-    if kind is IndexKind.FLAT and public_train is not None:
-        raise IndexInputError(
-            "--public-train is only used with --index-type ivf-flat; drop it or pass --index-type ivf-flat"
-        )
+def _new_manifest(encoder: Encoder, kind: IndexKind, trained: PublicQuantizer | None) -> dict[str, Any]:
+    """The manifest of a new, empty index."""
     quantizer: dict[str, Any] = {"provenance": "none"}
     faiss_desc = "IDMap2,Flat"
-    if kind is IndexKind.IVF_FLAT:
-        trained = train_public_quantizer(public_train, encoder.dim)  # type: ignore[arg-type]
-        store.write_faiss(trained.index, index_dir / "quantizer.faiss")
+    if trained is not None:
         quantizer = dict(trained.to_dict(), file="quantizer.faiss")
         faiss_desc = f"IVF{trained.nlist},Flat"
     now = store.utc_now()
@@ -156,16 +148,23 @@ def build_index(
         raise IndexInputError(f"--index '{index_dir}' exists and is not a directory; pass a directory path")
     records = read_source(source, image_column=image_column, max_pixels=max_pixels, exclude=path)
     fresh = not (path / store.MANIFEST).exists()
-    if fresh:  # refuse unsafe types before anything is created
-        resolve_index_type(index_type or IndexKind.FLAT.value, public_train=public_train is not None)
+    if fresh:  # validate everything before the directory is created
+        if append:
+            raise IndexInputError(f"'{index_dir}' is not a dprdm index; create it with 'dprdm index build'")
+        kind = resolve_index_type(index_type or IndexKind.FLAT.value, public_train=public_train is not None)
+        if kind is IndexKind.FLAT and public_train is not None:
+            raise IndexInputError(
+                "--public-train is only used with --index-type ivf-flat; drop it or pass --index-type ivf-flat"
+            )
+        encoder = load_encoder(model, pretrained, num_threads=num_threads)
+        trained = train_public_quantizer(public_train, encoder.dim) if public_train is not None else None
     with store.writer_lock(path):
         if fresh:
-            if append:
-                raise IndexInputError(
-                    f"'{index_dir}' is not a dprdm index; create it with 'dprdm index build'"
-                )
-            encoder = load_encoder(model, pretrained, num_threads=num_threads)
-            top = _new_manifest(path, encoder, index_type, public_train)
+            if (path / store.MANIFEST).exists():
+                raise IndexInputError(f"index '{index_dir}' was created by another process meanwhile; re-run")
+            if trained is not None:
+                store.write_faiss(trained.index, path / "quantizer.faiss")
+            top = _new_manifest(encoder, kind, trained)
             current = None
         else:
             if index_type is not None or public_train is not None:
@@ -195,19 +194,4 @@ def build_index(
             )  # fmt: skip
         commit(path, top, {shard: content}, dict(stats, op="add" if append else "build"))
     info = PrivateIndex.open(path).info()
-    return BuildReport(
-        info=info,
-        **{
-            k: stats[k]
-            for k in (
-                "shard",
-                "added",
-                "encoded",
-                "reused",
-                "duplicates",
-                "skipped",
-                "seconds",
-                "encoder_seconds",
-            )
-        },
-    )
+    return BuildReport(info=info, **{k: stats[k] for k in _STAT_FIELDS})

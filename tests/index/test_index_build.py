@@ -107,7 +107,9 @@ def test_build_refuses_bad_arguments(tmp_path: Path, tiny_model: str, corpus: Pa
         build_index(corpus, tmp_path / "ix", batch_size=0, model=tiny_model, progress=False)
     with pytest.raises(IndexInputError, match="does not exist"):
         build_index(tmp_path / "nope", tmp_path / "ix", model=tiny_model, progress=False)
-    assert not (tmp_path / "ix").exists()
+    with pytest.raises(IndexInputError, match="never downloads"):
+        build_index(corpus, tmp_path / "ix", model=f"local-dir:{tmp_path / 'no-model'}", progress=False)
+    assert not (tmp_path / "ix").exists()  # nothing is created before the arguments are validated
 
 
 def test_rebuild_replaces_the_shard_and_reuses_embeddings(

@@ -85,6 +85,7 @@ def test_bad_public_training_files(tmp_path: Path, tiny_model: str, corpus: Path
     np.save(tmp_path / "wrong_dim.npy", np.ones((100, 8), np.float32))
     with pytest.raises(IndexInputError, match=r"shape \(n, 16\)"):
         build_index(corpus, tmp_path / "ix", model=tiny_model, public_train=tmp_path / "wrong_dim.npy", index_type="ivf-flat", progress=False)  # fmt: skip
+    assert not (tmp_path / "ix").exists()  # validated before anything is created
     with pytest.raises(IndexInputError, match="only used with --index-type ivf-flat"):
         build_index(
             corpus,
