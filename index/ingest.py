@@ -25,7 +25,7 @@ from index.encoder import Encoder
 from index.resume import Checkpoints
 from index.shard import Shard, ShardContent
 from index.sources import Decoded, Skipped
-from index.store import MetadataRow, utc_now
+from index.store import MetadataRow, read_metadata, utc_now
 
 
 @dataclass
@@ -101,8 +101,6 @@ def ingest(
     base_aliases: list[MetadataRow] = []
     base_skipped: list[dict[str, str]] = []
     if existing is not None:
-        from index.store import read_metadata
-
         rows, aliases = read_metadata(existing.path / "metadata.sqlite")
         known.update(zip(existing.ids.tolist(), existing.embeddings, strict=True))
         if append:
