@@ -42,7 +42,7 @@ def test_halves_are_disjoint_and_stratified(split):
     assert np.bincount(split.private_labels).tolist() == [250] * 10
     pub = {im.tobytes() for im in split.public_images}
     overlap = sum(im.tobytes() in pub for im in split.private_images)
-    assert overlap <= 2  # MNIST-5k holds no duplicated rows across halves beyond chance identical blanks
+    assert overlap == 0  # no image appears in both halves
     assert len(set(split.private_rows.tolist())) == 2500
 
 
