@@ -123,5 +123,6 @@ if __name__ == "__main__":
     try:
         main()
     except (IndexStoreError, AccountantError, PipelineError) as error:
-        print(f"Error: {error}", file=sys.stderr)
+        hint = "; 'make clean' starts the demo over on a fresh index" if error.exit_code == 3 else ""
+        print(f"Error: {error}{hint}", file=sys.stderr)
         sys.exit(error.exit_code)
