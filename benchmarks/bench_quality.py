@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decoder", type=Path, default=None, help="TinyDecoder folder (default: bundled)")
     parser.add_argument("--per-class", type=int, default=PER_CLASS, help="test queries per class")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance scale")
     parser.add_argument("--out", type=Path, default=ROOT, help="root for benchmarks/results and docs/")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, sigma, cond in rows:
         t0 = time.perf_counter()
         images = decoder.generate(torch.from_numpy(cond), num_images_per_condition=SAMPLES_PER_QUERY, steps=STEPS,
-                                  guidance_scale=GUIDANCE, generator=gen)
+                                  guidance_scale=args.guidance, generator=gen)
         pixels = np.stack([np.asarray(im) for im in images])
         acc = float(np.mean(clf.predict(pixels.reshape(len(pixels), -1) / 255.0) == query_labels))
         fd = frechet_distance(embed_small(pixels), ref)
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: acc {acc:.3f} FD {fd:.3f}", file=sys.stderr)
     total = time.perf_counter() - start
     write_grid(args.out, downsample(split.private_images[test[::per_class]], size), grids, [r[0] for r in results])
-    write_table(args.out, results, clf_acc, fd_public, emb.shape[1], total, size, len(test))
+    write_table(args.out, results, clf_acc, fd_public, emb.shape[1], total, size, len(test), args.guidance)
 
 
 def write_grid(root: Path, queries: np.ndarray, grids: list[np.ndarray], names: list[str]) -> None:
@@ -148,14 +149,14 @@ def write_grid(root: Path, queries: np.ndarray, grids: list[np.ndarray], names: 
     os.replace(tmp, out)
 
 
-def write_table(root: Path, results, clf_acc, fd_public, dim, total, size, n_queries) -> None:
+def write_table(root: Path, results, clf_acc, fd_public, dim, total, size, n_queries, guidance) -> None:
     lines = [
         "# Quality of the bundled decoder under DP retrieval",
         "",
         f"`OMP_NUM_THREADS=1 python benchmarks/bench_quality.py` — k = {K}, q = {Q}, δ = {DELTA:g}, "
         f"{QUERIES:,} queries; {n_queries} private test queries (one class each, held out of the retrieval set) × "
         f"{SAMPLES_PER_QUERY} samples, "
-        f"DDIM {STEPS} steps, guidance {GUIDANCE}; embedding d = {dim}, images {size}×{size}. "
+        f"DDIM {STEPS} steps, guidance {guidance:g}; embedding d = {dim}, images {size}×{size}. "
         "σ from `accountant.calibrate_sigma` (dp-accounting RDP, Poisson-subsampled Gaussian, sensitivity 2/k, "
         "add/remove-one).",
         "",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,30 @@ def _public_embeddings(encoder_dir: Path, split: DigitSplit) -> np.ndarray:
     return encode_image_array(model, split.public_images, preprocess)
 
 
+def _save_atomic(out: Path, unet, scheduler) -> None:
+    """Write ``unet/`` and ``scheduler/`` into a temp folder beside ``out``, then swap each part in by rename."""
+    import shutil
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    try:
+        unet.save_pretrained(staging / "unet", safe_serialization=True)
+        scheduler.save_pretrained(staging / "scheduler")
+        for part in ("unet", "scheduler"):
+            for file in (staging / part).iterdir():
+                with open(file, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(file, 0o644)
+            old = out / f".old-{part}"
+            if (out / part).exists():
+                os.replace(out / part, old)
+            os.replace(staging / part, out / part)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def train_decoder(
     out_dir: str | Path | None = None,
     *,
@@ -209,9 +234,7 @@ def train_decoder(
             bar.set_postfix(loss=f"{loss_value:.4f}")
         bar.close()
         seconds = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    ema.save_pretrained(out / "unet", safe_serialization=True)
-    DDIMScheduler.from_config(noise_scheduler.config).save_pretrained(out / "scheduler")
+    _save_atomic(out, ema, DDIMScheduler.from_config(noise_scheduler.config))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     report = DecoderReport(out_dir=str(out), steps=settings.steps, seconds=round(seconds, 1),
                            final_loss=round(loss_value, 4), size_bytes=size)
