@@ -34,7 +34,7 @@ def generate(
     shard: Annotated[list[str] | None, typer.Option("--shard", metavar="NAME", help="Shard to query (repeat for several); default all.")] = None,
     image: Annotated[Path | None, typer.Option("--image", metavar="PATH", help="Image query (public) instead of a prompt.")] = None,
     n_images: Annotated[int, typer.Option("--n-images", metavar="N", help="Images decoded from the one query.")] = 4,
-    lambda_: Annotated[float, typer.Option("--lambda", metavar="L", help="Weight of the private retrieval: c = λ·noisy + (1−λ)·query.")] = 1.0,
+    lambda_: Annotated[float, typer.Option("--lambda", metavar="L", help="Weight of the private retrieval: c = λ·noisy + (1−λ)·query; 0 = prompt only, not charged.")] = 1.0,
     steps: Annotated[int, typer.Option("--steps", metavar="N", help="Decoder denoising steps.")] = 25,
     guidance: Annotated[float, typer.Option("--guidance", metavar="W", help="Classifier-free guidance scale.")] = 2.0,
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the PNGs, the grid and the JSON record.")] = Path("dprdm-output"),
