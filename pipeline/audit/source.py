@@ -36,7 +36,12 @@ def scope_and_embeddings(index_dir: str | Path, shard: str | None) -> tuple[dict
     from accountant import Ledger
     from index import PrivateIndex
 
-    directory = Path(index_dir).expanduser()
+    try:
+        directory = Path(index_dir).expanduser()
+    except RuntimeError:  # "~name" with no such user
+        raise PipelineInputError(
+            f"--index '{index_dir}': no such user's home directory; pass a real path"
+        ) from None
     if not directory.is_dir():
         raise PipelineInputError(
             f"--index '{directory}' is not a directory; pass the directory of 'dprdm index build'"
