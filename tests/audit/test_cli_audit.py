@@ -113,3 +113,51 @@ def test_bad_input_json_error():
     result = _audit("--k", "0", "--q", "0.5", "--sigma", "1", "--json")
     assert result.exit_code == 2
     assert json.loads(result.stderr)["error"]["type"] == "PipelineInputError"
+
+
+def test_index_audit_reads_the_scope_and_changes_nothing(audited_index):
+    ledger = audited_index / "budget.sqlite"
+    before = ledger.read_bytes()
+    result = _audit("--index", str(audited_index), "--shard", "default", "--trials", "100", "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert (payload["k"], payload["q"], payload["sigma"], payload["delta"]) == (3, 1.0, 2.0, 1e-3)
+    assert payload["records"] == 12 and payload["dim"] == 16
+    assert payload["queries"] > 1  # the scope's plan: charged + remaining
+    assert payload["claimed_epsilon_queries"] <= 8.0 < payload["claimed_epsilon_queries"] + 1.0
+    assert ledger.read_bytes() == before
+    from accountant import Ledger
+
+    with Ledger(ledger, create=False, read_only=True) as book:
+        assert book.status("default").queries_charged == 0
+
+
+def test_index_audit_defaults_to_the_only_shard(audited_index):
+    result = _audit("--index", str(audited_index), "--trials", "20", "--json")
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["--shard", "nope"], 2, "unknown shard 'nope'"),
+        (["--k", "3"], 2, "drop --k"),
+    ],
+    ids=["unknown-shard", "conflicting-flags"],
+)
+def test_index_audit_refusals(audited_index, args, code, fragment):
+    result = _audit("--index", str(audited_index), *args)
+    assert result.exit_code == code
+    assert result.stderr.count("\n") == 1 and fragment in result.stderr
+
+
+def test_index_audit_without_ledger_fails_closed(audited_index, tmp_path):
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(audited_index, copy)
+    for path in copy.glob("budget.sqlite*"):
+        path.unlink()
+    result = _audit("--index", str(copy), "--trials", "20")
+    assert result.exit_code == 3
+    assert result.stderr.count("\n") == 1 and not (copy / "budget.sqlite").exists()
