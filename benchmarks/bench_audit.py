@@ -33,6 +33,7 @@ SETTINGS: list[tuple[str, int, float, float | None, float | None]] = [
     ("calibrated: ε = 1 per query", 10, 1.0, None, None),
     ("calibrated: ε = 1 per query, subsampled", 20, 0.1, None, None),
     ("DP-RDM-like (k=16, q=0.01)", 16, 0.01, 0.07, None),
+    ("the demo's mechanism (k=40, q=0.2; ε=10 over 1,000 queries)", 40, 0.2, 0.185721, None),
     ("fault: claims z = 5, adds no noise", 10, 1.0, 1.0, 0.0),
 ]
 
