@@ -18,6 +18,7 @@ from index.errors import (
     StaleShardError,
     UnsafeIndexError,
 )
+from index.paths import expand_user
 from index.private_index import PrivateIndex
 from index.safety import IndexKind, is_dp_safe, resolve_index_type
 from index.shard import Shard
@@ -37,6 +38,7 @@ __all__ = [
     "UnsafeIndexError",
     "build_index",
     "content_id",
+    "expand_user",
     "is_dp_safe",
     "load_encoder",
     "resolve_index_type",

@@ -12,13 +12,13 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from index import store
 from index.encoder import Encoder, load_encoder, torch_threads
 from index.errors import IndexInputError
 from index.ingest import ingest
+from index.paths import expand_user
 from index.private_index import PrivateIndex, check_encoder, commit, drop_unreferenced, read_top_manifest
 from index.quantizer import PublicQuantizer, train_public_quantizer
 from index.resume import Checkpoints
@@ -143,7 +143,7 @@ def build_index(
         IndexCorruptError: the existing index is damaged (it is left untouched).
     """
     _validate(shard, batch_size)
-    path = Path(index_dir).expanduser().resolve()
+    path = expand_user(index_dir).resolve()
     if path.exists() and not path.is_dir():
         raise IndexInputError(f"--index '{index_dir}' exists and is not a directory; pass a directory path")
     records = read_source(source, image_column=image_column, max_pixels=max_pixels, exclude=path)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from index.errors import IndexInputError
+from index.paths import expand_user
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "tiny-clip"
 BUNDLED_MODEL_ID = "bundled:tiny-clip"
@@ -236,10 +237,10 @@ def load_encoder(
         )
     if model.startswith("hf-hub:"):
         raise _missing(f"model '{model}' would be fetched from the Hugging Face hub")
-    if model.startswith(_LOCAL_DIR) or Path(model).expanduser().is_dir():
+    if model.startswith(_LOCAL_DIR) or expand_user(model).is_dir():
         if pretrained is not None:
             raise IndexInputError(f"--pretrained is not used with a local-dir model '{model}'; drop it")
-        directory = Path(model.removeprefix(_LOCAL_DIR)).expanduser().resolve()
+        directory = expand_user(model.removeprefix(_LOCAL_DIR)).resolve()
         model_id = _LOCAL_DIR + str(directory)
         return _load_local_dir(
             directory, model_id=model_id, spec=EncoderSpec(model_id, None), num_threads=num_threads
@@ -254,7 +255,7 @@ def load_encoder(
         raise IndexInputError(
             f"'{model}' is not an open_clip model name; see open_clip.list_models() or use local-dir:DIR"
         )
-    path = Path(pretrained).expanduser()
+    path = expand_user(pretrained)
     weights = path.resolve() if path.is_file() else _cached_pretrained(open_clip, model, pretrained)
     try:
         net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=str(weights))

@@ -25,7 +25,7 @@ from index.encoder import Encoder
 from index.resume import Checkpoints
 from index.shard import Shard, ShardContent
 from index.sources import Decoded, Skipped
-from index.store import MetadataRow, read_metadata, utc_now
+from index.store import MetadataRow, utc_now
 
 
 @dataclass
@@ -101,7 +101,7 @@ def ingest(
     base_aliases: list[MetadataRow] = []
     base_skipped: list[dict[str, str]] = []
     if existing is not None:
-        rows, aliases = read_metadata(existing.path / "metadata.sqlite")
+        rows, aliases = existing.metadata()
         known.update(zip(existing.ids.tolist(), existing.embeddings, strict=True))
         if append:
             base_rows, base_aliases = rows, aliases

@@ -1,7 +1,7 @@
 """``PrivateIndex``: open, inspect, search, add to and remove from an on-disk private index.
 
 Opening validates the manifest (format version, dimension, encoder hash, DP-safe index type, file sizes)
-and refuses anything else. Writes (add, remove, build) happen under an exclusive lock and commit by
+and refuses anything else; each shard file's sha256 is checked when it is first loaded (:mod:`index.shard`). Writes (add, remove, build) happen under an exclusive lock and commit by
 atomically replacing ``manifest.json`` (:mod:`index.store`); an index opened with ``mmap=True`` is
 read-only, so a memory-mapped faiss index is never mutated.
 """
@@ -20,6 +20,7 @@ import numpy as np
 from index import resume, store
 from index.encoder import Encoder, load_encoder
 from index.errors import IndexCorruptError, IndexInputError
+from index.paths import expand_user
 from index.safety import IndexKind
 from index.shard import Shard, ShardContent, write_shard
 
@@ -137,7 +138,7 @@ class PrivateIndex:
             IndexCorruptError: manifest or shard files are missing, truncated, or inconsistent.
             UnsafeIndexError: a stored faiss index is not the DP-safe type the manifest records.
         """
-        path = Path(index_dir).expanduser().resolve()
+        path = expand_user(index_dir).resolve()
         top = read_top_manifest(path)
         if encoder is not None:
             check_encoder(top, encoder, path)

@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from index.errors import IndexInputError
+from index.paths import expand_user
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def train_public_quantizer(path: str | Path, dim: int, *, nlist: int | None = No
     Raises:
         IndexInputError: unreadable file, wrong shape or dimension, non-finite values, too few rows.
     """
-    file = Path(path).expanduser()
+    file = expand_user(path)
     try:
         raw = file.read_bytes()
         data = np.load(file, allow_pickle=False)

@@ -15,6 +15,7 @@ import numpy as np
 
 from index import store
 from index.errors import IndexInputError
+from index.paths import expand_user
 from index.private_index import PrivateIndex, commit
 from index.shard import ShardContent
 
@@ -28,7 +29,7 @@ def _normalise_sources(sources: Iterable[str]) -> list[str]:
     out = []
     for raw in sources:
         head, sep, tail = str(raw).partition("#")
-        path = str(Path(head).expanduser().resolve()) if head else head
+        path = str(expand_user(head).resolve()) if head else head
         out.append(path + sep + tail)
     return out
 
@@ -51,7 +52,7 @@ def remove_records(index_dir: Path, *, ids: Iterable[int] | None, sources: Itera
         updates: dict[str, ShardContent] = {}
         removed = 0
         for shard in current.shards():
-            rows, aliases = store.read_metadata(shard.path / "metadata.sqlite")
+            rows, aliases = shard.metadata()
             drop = {r.id for r in rows if r.id in wanted_ids}
             if wanted_sources:
                 drop |= {r.id for r in rows + aliases if _source_matches(r.source, wanted_sources)}

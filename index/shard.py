@@ -3,6 +3,13 @@
 Positional invariant (the DP retrieval stage relies on it): ``shard.ids[i]`` is the content id of
 ``shard.embeddings[i]``. For the default flat index this is also the row order of the faiss storage. For
 ivf-flat, faiss keeps its own list order; ``ids``/``embeddings`` keep this order.
+
+Integrity: the shard manifest records each data file's size and sha256. Opening checks the sizes (cheap);
+each file's sha256 is checked the first time the view loads it, so damage of the right size (a flipped
+block in the middle of ``embeddings.npy``) is refused instead of answering queries from damaged data.
+Checking reads the whole file once; with ``mmap=True`` that read happens on open (everything is mapped
+then), which costs the page-in that mapping would otherwise defer to the first search, but no heap: the
+file is streamed through a small buffer and its pages stay in the shared, reclaimable page cache.
 """
 
 from __future__ import annotations
@@ -101,7 +108,10 @@ def write_shard(
     manifest.update(
         shard=content.name,
         records=int(len(content.ids)),
-        files={name: (tmp / name).stat().st_size for name in FILES},
+        files={
+            name: {"size": (tmp / name).stat().st_size, "sha256": store.file_sha256(tmp / name)}
+            for name in FILES
+        },
         skipped=content.skipped,
         created=content.created,
         updated=now,
@@ -138,10 +148,9 @@ class Shard:
         self._index: faiss.Index | None = None
         self._searcher: faiss.Index | None = None
         self._sorter: np.ndarray | None = None
-        if (
-            mmap
-        ):  # map everything now: cheap, and a mapping stays valid if a writer later drops this generation
-            _ = self.faiss_index, self.embeddings, self._load_ids()
+        self._verified: set[str] = set()
+        if mmap:  # map everything now: a mapping stays valid if a writer later drops this generation
+            self.load()
 
     def __repr__(self) -> str:
         return f"Shard(name={self.name!r}, num_records={self.num_records}, kind={self.kind.value!r})"
@@ -161,12 +170,63 @@ class Shard:
             raise IndexCorruptError(
                 f"shard '{self.name}' record count or index type disagrees with '{store.MANIFEST}'"
             )
-        for name, size in m.get("files", {}).items():
+        files = m.get("files")
+        if not isinstance(files, dict) or any(
+            not isinstance(files.get(name), dict)
+            or not isinstance(files[name].get("size"), int)
+            or not isinstance(files[name].get("sha256"), str)
+            for name in FILES
+        ):
+            raise IndexCorruptError(
+                f"shard manifest '{where}' lacks the size and sha256 of its files; rebuild the shard"
+            )
+        for name in FILES:
             path = self.path / name
-            if not path.is_file() or path.stat().st_size != size:
+            if not path.is_file() or path.stat().st_size != files[name]["size"]:
                 raise IndexCorruptError(
                     f"shard file '{path}' is missing or has the wrong size; rebuild the shard"
                 )
+
+    def _verified_path(self, name: str) -> Path:
+        """Path of data file ``name`` once its content matches the manifest's sha256 (checked once per view)."""
+        path = self.path / name
+        if name in self._verified:
+            return path
+        if not self.path.is_dir():
+            raise self._stale(FileNotFoundError(name))
+        try:
+            digest = store.file_sha256(path)
+        except OSError as err:
+            if not self.path.is_dir():
+                raise self._stale(err) from err
+            raise IndexCorruptError(
+                f"'{path}' is unreadable ({type(err).__name__}); rebuild the shard"
+            ) from err
+        if digest != self.manifest["files"][name]["sha256"]:
+            raise IndexCorruptError(
+                f"shard file '{path}': checksum mismatch (sha256 differs from the shard manifest); restore the index "
+                "directory from a backup or rebuild the shard with 'dprdm index build'"
+            )
+        self._verified.add(name)
+        return path
+
+    def load(self) -> Shard:
+        """Load and check every file a query reads (faiss index, ids, embeddings) now; cached on this view.
+
+        A private query calls this before its ledger charge, so a damaged shard is refused with nothing charged.
+        Loading releases nothing.
+
+        Raises:
+            IndexCorruptError: a file is unreadable, fails its checksum, or disagrees with the manifest.
+            StaleShardError: the generation was replaced after this view was opened.
+            UnsafeIndexError: the stored faiss index is not the DP-safe type the manifest records.
+        """
+        _ = self.faiss_index, self._load_ids(), self.embeddings
+        return self
+
+    def metadata(self) -> tuple[list[store.MetadataRow], list[store.MetadataRow]]:
+        """Rows (in position order) and aliases from the checked ``metadata.sqlite``, read-only."""
+        return store.read_metadata(self._verified_path("metadata.sqlite"))
 
     @property
     def ids(self) -> np.ndarray:
@@ -202,7 +262,9 @@ class Shard:
         if not self.path.is_dir():
             raise self._stale(FileNotFoundError(name))
         try:
-            array = np.load(self.path / name, mmap_mode="r" if self.mmap else None, allow_pickle=False)
+            array = np.load(
+                self._verified_path(name), mmap_mode="r" if self.mmap else None, allow_pickle=False
+            )
         except (OSError, ValueError) as err:
             raise IndexCorruptError(
                 f"'{self.path / name}' is unreadable ({type(err).__name__}); rebuild the shard"
@@ -217,7 +279,7 @@ class Shard:
             if not self.path.is_dir():
                 raise self._stale(FileNotFoundError("index.faiss"))
             index = store.read_faiss(
-                self.path / "index.faiss", mmap=self.mmap, flat=self.kind is IndexKind.FLAT
+                self._verified_path("index.faiss"), mmap=self.mmap, flat=self.kind is IndexKind.FLAT
             )
             check_faiss_index(index, self.kind, where=str(self.path / "index.faiss"))
             if index.ntotal != self.num_records or index.d != self._dim:

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from index.errors import IndexInputError
+from index.paths import expand_user
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ def read_source(
     Raises:
         IndexInputError: the source does not exist, or is neither a folder nor a dataset, or has no image column.
     """
-    path = Path(source).expanduser().resolve()
+    path = expand_user(source).resolve()
     if not path.exists():
         raise IndexInputError(f"source '{source}' does not exist; pass an image folder or a datasets corpus")
     if is_dataset_source(path):

@@ -10,7 +10,8 @@ private data)::
         embeddings.npy             (n, d) float32 unit rows, row i belongs to ids[i]
         ids.npy                    (n,) int64 content ids, the row order of the flat storage
         metadata.sqlite            records(id, source, position) + aliases(id, source) for exact duplicates
-        manifest.json              per-shard manifest: encoder, dim, counts, index type, file sizes, times
+        manifest.json              per-shard manifest: encoder, dim, counts, index type, times, and per data
+                                   file its size and sha256 (checked when the file is loaded)
     DIR/work/<encoder>/chunk-*.npz resume checkpoints of an unfinished build (deleted when a build commits)
     DIR/.lock                      flock held by writers
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -38,7 +40,7 @@ import numpy as np
 
 from index.errors import IndexCorruptError, IndexInputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shard manifests record a sha256 per data file
 MANIFEST = "manifest.json"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -123,6 +125,12 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's content, streamed in chunks (a shard data file may be larger than memory)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_faiss(index: faiss.Index, path: Path) -> None:

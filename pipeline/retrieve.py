@@ -2,8 +2,11 @@
 
 Invariants:
 
-* The ledger is charged (one transaction over every targeted shard's scope) **before** any record is read; if
-  the charge raises (``BudgetExceeded``, ``LedgerUnavailable``) nothing is retrieved.
+* Every targeted shard's files (faiss index, ids, embeddings) are loaded and checked (sizes, sha256, shapes)
+  **before** the charge, so a damaged shard is refused (``IndexCorruptError``, exit 3) with nothing charged.
+  Loading is query-independent and releases nothing.
+* The ledger is charged (one transaction over every targeted scope) **before** any record is searched; if the
+  charge raises (``BudgetExceeded``, ``LedgerUnavailable``) nothing is retrieved.
 * A query releases only :class:`PrivateRelease`: the noisy mean and the budget receipt. Neighbour ids, scores
   and the un-noised mean never leave :meth:`PrivateRetriever.retrieve`; nothing from them is logged.
 * Scopes are named after shards. Every targeted scope must hold the same mechanism ``(k, q, sigma)``: the union
@@ -153,18 +156,22 @@ class PrivateRetriever:
         Raises:
             PipelineInputError: a query of the wrong dimension, not finite or not of unit norm.
             PrivacyRefusal: missing or mismatched scopes (nothing charged).
+            index.IndexCorruptError: a targeted shard's files are damaged or replaced (nothing charged).
             accountant.BudgetExceeded: the query does not fit one of the budgets (nothing charged or retrieved).
             accountant.LedgerUnavailable: the ledger cannot be read or written (nothing charged or retrieved).
         """
         # 1. validate
         vector = _check_query(query, self.dim)
         mechanism = self.mechanism()
-        # 2. charge first: one transaction over every targeted scope; an exception here releases nothing
+        # 2. load and check every targeted shard (cached): damage surfaces here, before anything is charged
+        for name in self.shards:
+            self.index.shard(name).load()
+        # 3. charge: one transaction over every targeted scope; an exception here releases nothing
         receipt = self.ledger.charge(list(self.shards), caller=caller, purpose=purpose)
-        # 3. fresh Poisson subsample of every shard, exact top-k of the union
+        # 4. fresh Poisson subsample of every shard, exact top-k of the union
         rng = secure_rng() if rng is None else rng
         neighbours = self._neighbours(vector, mechanism.k, mechanism.q, rng)
-        # 4. zero-padded mean, then Gaussian noise
+        # 5. zero-padded mean, then Gaussian noise
         noisy = privatize(aggregate(neighbours, mechanism.k), mechanism.sigma, rng)
         noisy.setflags(write=False)
         statuses = tuple(self.ledger.status(shard) for shard in self.shards)

@@ -13,6 +13,7 @@ import pytest
 from index import PrivateIndex, build_index, is_dp_safe
 from index.errors import IndexInputError, UnsafeIndexError
 from index.safety import IndexKind, resolve_index_type
+from index.store import file_sha256
 
 UNSAFE = [
     "hnsw",
@@ -105,7 +106,10 @@ def test_a_swapped_in_hnsw_file_is_refused_on_load(tmp_path: Path, tiny_model: s
     hnsw.add_with_ids(emb, np.load(shard_dir / "ids.npy"))
     faiss.write_index(hnsw, str(shard_dir / "index.faiss"))
     shard_manifest = json.loads((shard_dir / "manifest.json").read_text())
-    shard_manifest["files"]["index.faiss"] = (shard_dir / "index.faiss").stat().st_size
+    shard_manifest["files"]["index.faiss"] = {  # a consistent manifest: only the safety check can refuse it
+        "size": (shard_dir / "index.faiss").stat().st_size,
+        "sha256": file_sha256(shard_dir / "index.faiss"),
+    }
     (shard_dir / "manifest.json").write_text(json.dumps(shard_manifest))
     with pytest.raises(UnsafeIndexError, match="2/k"):
         PrivateIndex.open(tmp_path / "ix").shard("default").faiss_index  # noqa: B018
