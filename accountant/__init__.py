@@ -4,9 +4,18 @@ Mechanism: Poisson-subsampled (q) Gaussian (std sigma) over the mean of k unit-n
 2/k under add/remove-one adjacency, noise multiplier sigma * k / 2; accountant: dp-accounting RDP.
 """
 
+from accountant._inputs import check_scope
 from accountant.budget import calibrate_sigma, epsilon_for, max_queries, remaining_queries, within_budget
 from accountant.errors import AccountantError, AccountantInputError, BudgetExceeded, LedgerUnavailable
-from accountant.events import ADJACENCY, DEFAULT_ORDERS, DP_ACCOUNTING_VERSION, Mechanism, event_rdp
+from accountant.events import (
+    ADJACENCY,
+    DEFAULT_ORDERS,
+    DP_ACCOUNTING_VERSION,
+    MAX_K,
+    MAX_NOISE_MULTIPLIER,
+    Mechanism,
+    event_rdp,
+)
 from accountant.ledger import Ledger
 from accountant.records import Charge, Receipt, ReceiptLine, ScopeCheck, ScopeStatus, VerifyReport
 
@@ -14,6 +23,8 @@ __all__ = [
     "ADJACENCY",
     "DEFAULT_ORDERS",
     "DP_ACCOUNTING_VERSION",
+    "MAX_K",
+    "MAX_NOISE_MULTIPLIER",
     "AccountantError",
     "AccountantInputError",
     "BudgetExceeded",
@@ -27,6 +38,7 @@ __all__ = [
     "ScopeStatus",
     "VerifyReport",
     "calibrate_sigma",
+    "check_scope",
     "epsilon_for",
     "event_rdp",
     "max_queries",

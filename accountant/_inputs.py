@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from accountant.budget import calibrate_sigma
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from accountant._rows import orders_from_json
+from accountant.budget import calibrate_sigma, check_delta, check_epsilon, epsilon_and_order, within_budget
 from accountant.errors import AccountantInputError
-from accountant.events import Mechanism
+from accountant.events import DEFAULT_ORDERS, Mechanism, event_rdp
 
 _MAX_LABEL = 500
 
@@ -58,3 +64,47 @@ def resolve_mechanism(
     if sigma is None:
         sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta, orders=tuple(orders))
     return Mechanism(k=k, q=q, sigma=sigma)
+
+
+def _orders(orders: Sequence[float]) -> tuple[float, ...]:
+    try:
+        return orders_from_json(json.dumps([float(a) for a in orders]))
+    except (TypeError, ValueError, OverflowError) as err:
+        raise AccountantInputError(
+            f"orders must be a non-empty sequence of finite RDP orders > 1; found {orders!r:.60} ({err}); "
+            "omit orders to use the default grid"
+        ) from None
+
+
+def check_scope(
+    name: str,
+    *,
+    epsilon: float,
+    delta: float,
+    mechanism: Mechanism,
+    records: int | None = None,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+) -> tuple[tuple[float, ...], np.ndarray]:
+    """Check everything a new scope needs before any file is touched; return (orders, per-query RDP vector).
+
+    The scope name, epsilon, delta (below 1/N when ``records`` N is given), the mechanism type, the order grid,
+    and that at least one query of ``mechanism`` fits the (epsilon, delta) budget (strict policy).
+
+    Raises:
+        AccountantInputError: the first problem found, as one line.
+    """
+    name = check_scope_name(name)
+    epsilon = check_epsilon(epsilon)
+    delta = check_delta(delta, records=records, scope=name)
+    if not isinstance(mechanism, Mechanism):
+        raise AccountantInputError(f"mechanism must be an accountant.Mechanism; found {type(mechanism)}")
+    orders_t = _orders(orders)
+    per_query = event_rdp(mechanism.dp_event(), orders_t)
+    first, _ = epsilon_and_order(per_query, 1, delta=delta, orders=orders_t)
+    if not within_budget(first, epsilon):
+        raise AccountantInputError(
+            f"scope '{name}': one query with k={mechanism.k}, q={mechanism.q}, sigma={mechanism.sigma:g} already "
+            f"costs epsilon={first:.6g} > budget {epsilon:g} at delta={delta:g}; raise --sigma or --epsilon, "
+            "or lower --q"
+        )
+    return orders_t, per_query

@@ -7,8 +7,10 @@ Invariants:
   closed in the child (closing it could disturb the parent's WAL state), it is parked for the process lifetime.
 - Schema versioned with ``PRAGMA user_version`` and tagged with ``PRAGMA application_id``. Migrations are ordered
   functions, each run in the same transaction as its version bump. A file newer than the code, of another
-  application, of the wrong shape, or damaged, is refused; a file is initialised only if this process created it,
-  so a truncated ledger is never silently reset to zero.
+  application, of the wrong shape, or damaged, is refused; a file is initialised only if this process created it
+  (``O_CREAT | O_EXCL``), so a truncated ledger is never silently reset to zero.
+- A file this store created is removed again when its creation fails midway (and by :meth:`_Store.discard`);
+  a file that existed before is never removed.
 - Every ``sqlite3.Error`` becomes :class:`LedgerUnavailable` in :meth:`_Store.guard` (exit 3: nothing charged).
 """
 
@@ -22,7 +24,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import quote
 
-from accountant.errors import AccountantInputError, LedgerUnavailable
+from accountant.errors import AccountantError, AccountantInputError, LedgerUnavailable
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x64707264  # "dprd"
@@ -82,6 +84,25 @@ def _migrate_to_v1(conn: sqlite3.Connection) -> None:
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1,)
 
 _INHERITED: list[sqlite3.Connection] = []  # connections inherited through fork: never used, never closed
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def ledger_path(path: str | os.PathLike[str]) -> Path:
+    """Absolute ledger path with ``~`` expanded; an unknown ``~user`` is an input error, not a crash."""
+    try:
+        return Path(path).expanduser().absolute()
+    except RuntimeError as err:  # Path.expanduser: "Could not determine home directory."
+        raise AccountantInputError(
+            f"ledger path {os.fspath(path)!r:.80} starts with '~' but the home directory cannot be determined "
+            f"({err}); pass an absolute path"
+        ) from None
+
+
+def _remove_files(path: Path) -> None:
+    """Remove a ledger file and its SQLite side files (missing ones are fine)."""
+    for name in ("", *_SIDE_FILES):
+        with suppress(OSError):
+            Path(f"{path}{name}").unlink(missing_ok=True)
 
 
 class _Store:
@@ -95,10 +116,13 @@ class _Store:
         self._lock = threading.Lock()
         self._owned: list[tuple[int, sqlite3.Connection]] = []
         self._closed = False
+        self.created = False  # True once this store created the file (it is then removed if creation fails)
         try:
             self._open(create=create and not read_only)
         except BaseException:
             self.close()
+            if self.created:
+                _remove_files(self.path)
             raise
 
     # -- errors ---------------------------------------------------------------------------------------------
@@ -119,7 +143,7 @@ class _Store:
 
     # -- connections ----------------------------------------------------------------------------------------
     def _connect(self, mode: str) -> sqlite3.Connection:
-        uri = f"file:{quote(str(self.path))}?mode={mode}"
+        uri = f"file:{quote(os.fsencode(self.path))}?mode={mode}"
         conn = sqlite3.connect(
             uri, uri=True, isolation_level=None, timeout=self.timeout, check_same_thread=False
         )
@@ -160,19 +184,31 @@ class _Store:
             raise AccountantInputError(
                 f"ledger directory {self.path.parent} does not exist; create it or pass another --ledger path"
             )
+        if not existed:
+            self._create_file()
         with self.guard("opening"):
-            if existed:
-                conn = self.conn()
-            else:
-                conn = self._connect("rwc")
-                self._local.conn, self._local.pid = conn, os.getpid()
-                with suppress(OSError):
-                    os.chmod(self.path, 0o600)
+            conn = self.conn()
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0 and not existed:
+            if version == 0 and not existed:  # created by us, or by a racing process that is initialising it
                 self._initialise(conn)
             else:
                 self._check_schema(conn)
+
+    def _create_file(self) -> None:
+        """Create the empty ledger file exclusively (0600); losing the race to another process is fine."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return  # a racing process created it first; _initialise is idempotent under the write lock
+        except OSError as err:
+            raise AccountantInputError(
+                f"cannot create ledger {self.path} ({err.strerror or err}); pass a --ledger path in a writable "
+                "directory"
+            ) from None
+        self.created = True
+        os.close(fd)
+        with suppress(OSError):
+            os.chmod(self.path, 0o600)  # a restrictive umask must not leave it unwritable
 
     def _initialise(self, conn: sqlite3.Connection) -> None:
         """Create the schema in a file this process just created (another process may have won the race)."""
@@ -245,6 +281,31 @@ class _Store:
             if conn.in_transaction:
                 with suppress(sqlite3.Error):
                     conn.execute("COMMIT")
+
+    def discard(self, owned_scopes: frozenset[str]) -> bool:
+        """Close, and remove the file if this store created it and it holds only ``owned_scopes`` and no charge.
+
+        Undoes a creation that failed midway. Never raises; whenever that cannot be confirmed, the file stays.
+        """
+        removed = False
+        if self.created and not self._closed:
+            try:
+                conn = self.conn()
+                conn.execute("BEGIN IMMEDIATE")  # hold the write lock while checking and removing
+                try:
+                    scopes = {row[0] for row in conn.execute("SELECT name FROM scopes")}
+                    charges = conn.execute("SELECT count(*) FROM charges").fetchone()[0]
+                    if charges == 0 and scopes <= owned_scopes:
+                        self.path.unlink()
+                        removed = True
+                finally:
+                    conn.execute("ROLLBACK")
+            except (AccountantError, OSError, sqlite3.Error):
+                pass
+        self.close()
+        if removed:
+            _remove_files(self.path)
+        return removed
 
     def close(self) -> None:
         """Close this process's connections (inherited ones stay parked)."""

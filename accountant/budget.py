@@ -20,7 +20,14 @@ import numpy as np
 from dp_accounting import rdp
 
 from accountant.errors import AccountantInputError
-from accountant.events import ADJACENCY, DEFAULT_ORDERS, Mechanism, event_rdp
+from accountant.events import (
+    ADJACENCY,
+    DEFAULT_ORDERS,
+    MAX_NOISE_MULTIPLIER,
+    Mechanism,
+    accounting_maths,
+    event_rdp,
+)
 
 __all__ = [
     "calibrate_sigma",
@@ -86,7 +93,8 @@ def epsilon_and_order(
     """(epsilon, optimal order) after ``count`` queries of RDP vector ``vector``; (0.0, None) for no queries."""
     if count == 0:
         return 0.0, None
-    eps, order = rdp.compute_epsilon(orders, count * vector, delta)
+    with accounting_maths(f"{count} queries"):
+        eps, order = rdp.compute_epsilon(orders, count * vector, delta)
     return float(eps), (None if order is None else float(order))
 
 
@@ -212,15 +220,18 @@ def calibrate_sigma(
         return dpa.SelfComposedDpEvent(single, queries)
 
     try:
-        z = dpa.calibrate_dp_mechanism(
-            lambda: dpa.rdp.RdpAccountant(list(orders), ADJACENCY),
-            make_event,
-            epsilon,
-            delta,
-            bracket_interval=dpa.LowerEndpointAndGuess(0.0, 1.0),
-            tol=1e-9,
-        )
+        with accounting_maths(f"sigma calibration for {queries} queries"):
+            z = dpa.calibrate_dp_mechanism(
+                lambda: dpa.rdp.RdpAccountant(list(orders), ADJACENCY),
+                make_event,
+                epsilon,
+                delta,
+                bracket_interval=dpa.LowerEndpointAndGuess(0.0, 1.0),
+                tol=1e-9,
+            )
     except (ValueError, dpa.NoBracketIntervalFoundError) as err:
+        if isinstance(err, AccountantInputError):
+            raise
         raise AccountantInputError(
             f"cannot calibrate sigma for epsilon={epsilon}, delta={delta}, {queries} queries, k={k}, q={q} "
             f"({err}); raise --epsilon or lower --queries"
@@ -229,6 +240,11 @@ def calibrate_sigma(
         raise AccountantInputError(
             f"cannot calibrate sigma for epsilon={epsilon}, delta={delta}, {queries} queries; "
             "raise --epsilon or lower --queries"
+        )
+    if z > MAX_NOISE_MULTIPLIER:
+        raise AccountantInputError(
+            f"{queries} queries within epsilon={epsilon:g} need a noise multiplier of {z:.3g}, above the "
+            f"accountable {MAX_NOISE_MULTIPLIER:g}; raise --epsilon or lower --queries"
         )
     sigma = _ceil_significant(2.0 * z / int(k))
     for _ in range(1000):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 from collections import namedtuple
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
@@ -31,7 +33,10 @@ __all__ = [
     "ADJACENCY",
     "DEFAULT_ORDERS",
     "DP_ACCOUNTING_VERSION",
+    "MAX_K",
+    "MAX_NOISE_MULTIPLIER",
     "Mechanism",
+    "accounting_maths",
     "event_from_json",
     "event_rdp",
     "event_to_json",
@@ -47,17 +52,47 @@ ADJACENCY = dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
 
 DP_ACCOUNTING_VERSION: str = version("dp-accounting")
 
+#: Largest accepted noise multiplier z = sigma * k / 2. Near z = 1e5 the epsilon of any number of queries is
+#: already at the floor of the RDP-to-(epsilon, delta) conversion (it no longer depends on z), so larger z add
+#: nothing; far larger z overflow inside dp-accounting (z**2 leaves float range near 1e154). Refused as input.
+MAX_NOISE_MULTIPLIER = 1e6
+#: Largest accepted k (neighbours averaged per query): far beyond any retrieval, and keeps sigma * k finite.
+MAX_K = 1_000_000
+
 _EVENT_MODULE = "dp_accounting.dp_event"
 _EVENT_CLASSES = {"GaussianDpEvent", "PoissonSampledDpEvent"}
 
 
 def _check_finite(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise AccountantInputError(f"{name} must be a number; found {value!r}; pass a decimal such as 0.5")
-    value = float(value)
+        raise AccountantInputError(
+            f"{name} must be a number; found {value!r:.60}; pass a decimal such as 0.5"
+        )
+    try:
+        value = float(value)
+    except OverflowError:
+        value = math.inf
     if not math.isfinite(value):
         raise AccountantInputError(f"{name} must be finite; found {value}; pass a finite positive number")
     return value
+
+
+@contextmanager
+def accounting_maths(what: str) -> Iterator[None]:
+    """Run dp-accounting maths for ``what``; float overflow/underflow there becomes a one-line input error.
+
+    This is the one place where the numeric failures of the RDP maths (``OverflowError``, ``ZeroDivisionError``,
+    ``FloatingPointError``) are translated; numpy's divide/overflow warnings are silenced (their inf/NaN results
+    are refused by the strict budget policy, which never admits NaN or inf).
+    """
+    try:
+        with np.errstate(all="ignore"):
+            yield
+    except (OverflowError, ZeroDivisionError, FloatingPointError) as err:
+        raise AccountantInputError(
+            f"RDP accounting of {what} is outside float range ({type(err).__name__}: {err}); the parameters are "
+            "too extreme to account; use an ordinary k, q and sigma (noise multiplier sigma*k/2 around 0.1-100)"
+        ) from err
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +108,8 @@ class Mechanism:
         sigma: per-coordinate standard deviation of the Gaussian noise added to the mean (> 0).
 
     Raises:
-        AccountantInputError: a parameter is out of range.
+        AccountantInputError: a parameter is out of range (k > ``MAX_K`` or a noise multiplier above
+            ``MAX_NOISE_MULTIPLIER`` included: those are beyond what the RDP maths can represent).
     """
 
     k: int
@@ -82,7 +118,12 @@ class Mechanism:
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise AccountantInputError(f"k must be an integer >= 1; found {self.k!r}; pass e.g. --k 16")
+            raise AccountantInputError(f"k must be an integer >= 1; found {self.k!r:.60}; pass e.g. --k 16")
+        if self.k > MAX_K:
+            raise AccountantInputError(
+                f"k must be at most {MAX_K} (neighbours averaged per query); found {str(self.k):.30}; "
+                "pass e.g. --k 16"
+            )
         q = _check_finite("q", self.q)
         if not 0.0 < q <= 1.0:
             raise AccountantInputError(
@@ -92,6 +133,12 @@ class Mechanism:
         if sigma <= 0.0:
             raise AccountantInputError(
                 f"sigma must be > 0; found {sigma}; pass a positive noise std such as 0.2"
+            )
+        if sigma * int(self.k) / 2.0 > MAX_NOISE_MULTIPLIER:
+            raise AccountantInputError(
+                f"noise multiplier sigma*k/2 = {sigma * int(self.k) / 2.0:.7g} (sigma={sigma:g}, k={int(self.k)}) "
+                f"is above {MAX_NOISE_MULTIPLIER:g}: more noise no longer lowers epsilon there and far larger "
+                "values overflow the RDP maths; pass a smaller --sigma"
             )
         object.__setattr__(self, "k", int(self.k))
         object.__setattr__(self, "q", q)
@@ -161,7 +208,8 @@ def event_from_json(text: str) -> dpa.DpEvent:
 
 @lru_cache(maxsize=256)
 def _event_rdp_cached(event: dpa.DpEvent, orders: tuple[float, ...]) -> np.ndarray:
-    vector = rdp.RdpAccountant(list(orders), ADJACENCY).compose(event).rdp
+    with accounting_maths("one query"):
+        vector = np.asarray(rdp.RdpAccountant(list(orders), ADJACENCY).compose(event).rdp, dtype=np.float64)
     vector.setflags(write=False)
     return vector
 

@@ -30,17 +30,16 @@ from pathlib import Path
 import numpy as np
 
 from accountant._audit import audit, refusal
-from accountant._inputs import check_label, check_scope_name, resolve_mechanism
+from accountant._inputs import check_label, check_scope, check_scope_name, resolve_mechanism
 from accountant._rows import (
     SCOPE_SQL,
     ScopeRow,
     check_running,
-    orders_from_json,
     parse_row,
     tampered,
     vector_to_blob,
 )
-from accountant._store import _Store
+from accountant._store import _Store, ledger_path
 from accountant.budget import (
     check_delta,
     check_epsilon,
@@ -54,7 +53,6 @@ from accountant.events import (
     DEFAULT_ORDERS,
     DP_ACCOUNTING_VERSION,
     Mechanism,
-    event_rdp,
 )
 from accountant.records import Charge, Receipt, ReceiptLine, ScopeStatus, VerifyReport
 
@@ -86,16 +84,17 @@ class Ledger:
         read_only: bool = False,
         timeout: float = 30.0,
     ) -> None:
-        self._path = Path(path).expanduser().absolute()
+        self._path = ledger_path(path)
         self._store = _Store(self._path, create=create, read_only=read_only, timeout=timeout)
         self._read_only = read_only
+        self._created_scopes: set[str] = set()
         try:
             report = self._audit()
         except BaseException:
-            self._store.close()
+            self._store.discard(frozenset())
             raise
         if not report.ok:
-            self._store.close()
+            self._store.discard(frozenset())
             raise refusal(self._path, report)
 
     @property
@@ -103,9 +102,25 @@ class Ledger:
         """Absolute path of the ledger file."""
         return self._path
 
+    @property
+    def created(self) -> bool:
+        """True if this object created the ledger file (it did not exist when the ledger was opened)."""
+        return self._store.created
+
     def close(self) -> None:
         """Close this process's connections; the object is unusable afterwards."""
         self._store.close()
+
+    def discard(self) -> bool:
+        """Undo a creation that failed midway: close, and delete the file if this object created it.
+
+        The file is deleted only if it holds no charge and no scope other than those this object created, so an
+        existing ledger, or one another process has started using, is never removed. Never raises.
+
+        Returns:
+            Whether the file was deleted.
+        """
+        return self._store.discard(frozenset(self._created_scopes))
 
     def __enter__(self) -> Ledger:
         return self
@@ -263,14 +278,9 @@ class Ledger:
             delta=delta,
             orders=tuple(orders),
         )
-        orders_t = orders_from_json(json.dumps([float(a) for a in orders]))
-        per_query = event_rdp(mech.dp_event(), orders_t)
-        first, _ = epsilon_and_order(per_query, 1, delta=delta, orders=orders_t)
-        if not within_budget(first, epsilon):
-            raise AccountantInputError(
-                f"scope '{name}': one query with k={mech.k}, q={mech.q}, sigma={mech.sigma:g} already costs "
-                f"epsilon={first:.6g} > budget {epsilon:g}; raise --sigma or --epsilon, or lower --q"
-            )
+        orders_t, _ = check_scope(
+            name, epsilon=epsilon, delta=delta, mechanism=mech, records=records, orders=orders
+        )
         with self._store.transaction("creating a scope") as conn:
             if conn.execute("SELECT 1 FROM scopes WHERE name = ?", (name,)).fetchone():
                 raise AccountantInputError(
@@ -296,6 +306,7 @@ class Ledger:
             conn.execute(
                 "INSERT INTO spend VALUES (?, 0, ?)", (name, vector_to_blob(np.zeros(len(orders_t))))
             )
+        self._created_scopes.add(name)
         return self.status(name)
 
     def charge(

@@ -184,3 +184,64 @@ def test_unknown_scope_and_missing_location_exit_2(charged_ledger, tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.stderr
     result = run("show")
     assert result.exit_code == 2 and "pass --index DIR" in result.stderr
+
+
+def _one_error_line(result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+INIT = ["init", "--shard", "s", "--records", "1000", "--k", "1", "--q", "0.5", "--delta", "1e-6"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--sigma", "1", "--epsilon", "0"], "epsilon must be finite and > 0"),
+        (["--sigma", "1", "--epsilon", "1"], "one query with k=1"),  # not even one query fits
+        (["--sigma", "6.4e155", "--epsilon", "1"], "noise multiplier"),  # used to overflow: exit 1
+        (["--queries", "10", "--epsilon", "1e-9"], "need a noise multiplier"),
+    ],
+    ids=["epsilon-zero", "first-query-over-budget", "huge-sigma", "calibration-beyond-limit"],
+)
+def test_refused_init_creates_no_ledger_file(tmp_path, args, fragment):
+    path = tmp_path / "budget.sqlite"
+    result = run(*INIT, "--ledger", str(path), *args)
+    assert result.exit_code == 2
+    assert fragment in _one_error_line(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_failing_midway_removes_only_the_file_it_created(tmp_path, charged_ledger):
+    folder = tmp_path / "new"
+    folder.mkdir()
+    (folder / "budget.sqlite-wal").mkdir()  # SQLite cannot create its WAL: creation fails after the file exists
+    result = run(*INIT, "--ledger", str(folder / "budget.sqlite"), "--sigma", "100", "--epsilon", "1")
+    assert result.exit_code == 3 and _one_error_line(result).startswith("Error: ledger")
+    assert sorted(p.name for p in folder.iterdir()) == ["budget.sqlite-wal"]
+    # an existing ledger is never removed by a refused init, and keeps its charges
+    result = run(*INIT, "--ledger", str(charged_ledger), "--sigma", "100", "--epsilon", "1")
+    assert result.exit_code == 2 and "already exist" in _one_error_line(result)
+    assert ok_json("show", "--ledger", str(charged_ledger))["scopes"]["s"]["queries_charged"] == 3
+
+
+def test_unknown_home_directory_is_an_input_error():
+    for command in ("show", "history", "verify"):
+        result = run(command, "--ledger", "~nosuchuser/budget.sqlite")
+        assert result.exit_code == 2 and "home directory" in _one_error_line(result)
+    result = run(*INIT, "--ledger", "~nosuchuser/budget.sqlite", "--sigma", "100", "--epsilon", "1", "--json")
+    assert result.exit_code == 2
+    assert json.loads(_one_error_line(result))["error"]["type"] == "AccountantInputError"
+
+
+def test_unparseable_values_are_one_line_usage_errors(tmp_path):
+    path = tmp_path / "budget.sqlite"
+    result = run(*INIT[:5], "--k", "abc", "--q", "0.5", "--sigma", "1", "--epsilon", "1", "--ledger", str(path))
+    assert result.exit_code == 2 and result.stdout == ""
+    line = _one_error_line(result)
+    assert line.startswith("Error: Invalid value for '--k'") and "dprdm budget init --help" in line
+    result = run("plan", "--sigma", "x", "--json")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert json.loads(_one_error_line(result))["error"]["type"] == "UsageError"
+    assert list(tmp_path.iterdir()) == []
