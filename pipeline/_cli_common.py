@@ -23,13 +23,19 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 DPRDM_ERRORS = (IndexStoreError, AccountantError, PipelineError)
 
 
-def fail(message: str, *, exit_code: int = 2, json_mode: bool = False, kind: str = "InputError") -> typer.Exit:
-    """Print a one-line error on stderr (JSON with ``--json``) and return the ``typer.Exit`` to raise."""
+def error_line(message: str, *, json_mode: bool = False, kind: str = "InputError") -> str:
+    """The one stderr line of an error: ``Error: <message>``, or ``{"error": {...}}`` with ``--json``."""
     message = " ".join(str(message).split())  # always one line
     if json_mode:
-        typer.echo(json.dumps({"error": {"type": kind, "message": message}}), err=True)
-    else:
-        typer.echo(f"Error: {message}", err=True)
+        return json.dumps({"error": {"type": kind, "message": message}})
+    return f"Error: {message}"
+
+
+def fail(
+    message: str, *, exit_code: int = 2, json_mode: bool = False, kind: str = "InputError"
+) -> typer.Exit:
+    """Print a one-line error on stderr (JSON with ``--json``) and return the ``typer.Exit`` to raise."""
+    typer.echo(error_line(message, json_mode=json_mode, kind=kind), err=True)
     return typer.Exit(code=exit_code)
 
 

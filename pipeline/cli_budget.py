@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from accountant import Ledger, Mechanism, calibrate_sigma, event_rdp
+from accountant import Ledger, Mechanism, calibrate_sigma, check_scope, event_rdp
 from accountant.budget import check_delta, epsilon_and_order
 from pipeline._cli_common import JsonOption, emit, fail, user_errors
 
@@ -212,12 +212,13 @@ def init(
             counts = {shard: available[shard]} if shard is not None else available
         else:
             counts = {shard: records}
-        for name, n in counts.items():
-            check_delta(delta, records=n, scope=name)  # every shard checked before anything is written
         if sigma is None:
             sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta)
         mech = Mechanism(k=k, q=q, sigma=sigma)
-        with Ledger(path, create=True) as book:
+        for name, n in sorted(counts.items()):  # every scope checked before the ledger file is touched
+            check_scope(name, epsilon=epsilon, delta=delta, mechanism=mech, records=n)
+        book = Ledger(path, create=True)
+        try:
             existing = sorted(set(counts) & set(book.scopes()))
             if existing:
                 raise fail(
@@ -231,6 +232,10 @@ def init(
                 ).to_dict()
                 for name, n in sorted(counts.items())
             }
+        except BaseException:
+            book.discard()  # removes the file only if this call created it (never an existing ledger)
+            raise
+        book.close()
         emit({"ledger": str(path), "scopes": statuses}, json_mode=json_mode, human=_ledger_human)
 
 
