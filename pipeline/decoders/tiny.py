@@ -53,7 +53,11 @@ class TinyDecoder:
                     f"decoder folder {folder} has no '{part}/' subfolder; pass a folder written by "
                     "'dprdm train decoder' (or TinyDecoder.save_pretrained)"
                 )
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+        # low_cpu_mem_usage=False: without `accelerate` diffusers falls back to it anyway, after printing a
+        # multi-line warning on stderr that would break the CLI's one-line-error rule.
+        unet = UNet2DConditionModel.from_pretrained(
+            folder / "unet", local_files_only=True, low_cpu_mem_usage=False
+        )
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
         return cls(unet, scheduler)
 

@@ -11,6 +11,8 @@ Weights are loaded from a local folder only (``local_files_only=True``), never d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +20,25 @@ from PIL import Image
 
 from pipeline.decoders.base import check_generate_args
 from pipeline.errors import PipelineInputError
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Turn off diffusers' and transformers' loading progress bars for the block, then restore them.
+
+    Loading is not a long job worth a bar, and those bars would break the CLI's one-line stderr rule.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    restore = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
+    for module in restore:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module in restore:
+            module.enable_progress_bar()
 
 
 def normalizer_embedding_norm(pipe) -> float:
@@ -87,7 +108,11 @@ class StableUnCLIPDecoder:
                 f"{folder} is not a saved diffusers pipeline (no model_index.json); download "
                 "stabilityai/stable-diffusion-2-1-unclip once elsewhere and pass its local folder"
             )
-        pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, local_files_only=True)
+        # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`, minus its stderr warning
+        with _quiet_loading():
+            pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(
+                folder, local_files_only=True, low_cpu_mem_usage=False
+            )
         pipe.set_progress_bar_config(disable=True)
         if embedding_norm is None and public_images:
             embedding_norm = estimate_embedding_norm(pipe, public_images)

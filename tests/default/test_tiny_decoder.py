@@ -64,9 +64,11 @@ def test_bad_inputs_raise(tiny_decoder, conditions, kwargs, match):
         tiny_decoder.generate(conditions, **kwargs)
 
 
-def test_save_and_load_round_trip(tiny_decoder, tmp_path):
+def test_save_and_load_round_trip(tiny_decoder, tmp_path, capfd):
     tiny_decoder.save_pretrained(tmp_path / "dec")
+    capfd.readouterr()
     loaded = TinyDecoder.from_pretrained(tmp_path / "dec")
+    assert capfd.readouterr().err == ""  # no multi-line "accelerate not found" warning (CLI: one stderr line)
     cond = torch.randn(1, 16)
     a = tiny_decoder.generate(cond, steps=2, generator=torch.Generator().manual_seed(0))
     b = loaded.generate(cond, steps=2, generator=torch.Generator().manual_seed(0))

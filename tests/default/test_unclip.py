@@ -30,14 +30,16 @@ def test_rescales_to_embedding_norm(unclip):
     assert torch.count_nonzero(out[1]) == 0
 
 
-def test_norm_from_public_images_and_explicit(unclip_dir):
+def test_norm_from_public_images_and_explicit(unclip_dir, capfd):
     from PIL import Image
 
     images = [Image.new("RGB", (32, 32), color=(c, c, c)) for c in (0, 128, 255)]
     estimated = StableUnCLIPDecoder.from_pretrained(unclip_dir, public_images=images)
     assert estimated.embedding_norm > 0
+    capfd.readouterr()
     given = StableUnCLIPDecoder.from_pretrained(unclip_dir, embedding_norm=7.5)
     assert given.embedding_norm == 7.5
+    assert capfd.readouterr().err == ""  # loading prints nothing (no "accelerate not found" warning)
 
 
 def test_refuses_bad_folder_and_noise_level(tmp_path, unclip):
