@@ -10,12 +10,11 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections import Counter
 
 import numpy as np
 import pytest
 from drill_support import add_scope, assert_one_error_line, generate_args, run_cli_result, snapshot
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from accountant import Ledger
@@ -76,10 +75,11 @@ def test_fuzz_generate_prompts(index_dir, decoder_dir, tmp_path, monkeypatch, dr
 @pytest.mark.timeout(180)
 def test_fuzz_budget_init_parameters(tmp_path, monkeypatch, drill_counts):
     monkeypatch.chdir(tmp_path)
-    known: Counter = Counter()
 
     @settings(max_examples=40, **FAST)
     @given(k=st.integers(-3, 40), q=ANY_FLOAT, sigma=ANY_FLOAT, epsilon=ANY_FLOAT, delta=ANY_FLOAT)
+    @example(k=10, q=0.01, sigma=1.0, epsilon=2.0, delta=1e-6)  # valid: the success path is always exercised
+    @example(k=1, q=0.5, sigma=1.0, epsilon=1.0, delta=1e-6)  # valid, but not even one query fits
     def case(k, q, sigma, epsilon, delta):
         ledger = tmp_path / f"ledger{next(_numbers)}.sqlite"
         args = ["budget", "init", "--ledger", str(ledger), "--shard", "s", "--records", "1000", "--k", str(k),
@@ -87,47 +87,34 @@ def test_fuzz_budget_init_parameters(tmp_path, monkeypatch, drill_counts):
         result = run_cli_result(args)
         drill_counts["fuzz: budget init parameter sets tried"] += 1
         valid = k >= 1 and 0 < q <= 1 and 0 < sigma < math.inf and 0 < epsilon < math.inf and 0 < delta < 1e-3
-        if result.exit_code == 1 and isinstance(result.exception, OverflowError):
-            known["budget init: overflow ends in exit 1"] += 1
-            return
         if not valid:
             assert result.exit_code == 2, (args, result.stdout, result.stderr)
-        if result.exit_code != 0:
-            assert result.exit_code in (2, 3)
+        if result.exit_code == 0:
+            assert ledger.is_file()
+            drill_counts["fuzz: budget init accepted"] += 1
+        else:
+            assert result.exit_code == 2, (args, result.exit_code, result.stderr)  # bad input, never a crash
             assert_one_error_line(result.stderr)
+            assert not ledger.exists(), "a refused init left a ledger file"
             drill_counts["fuzz: budget init refused"] += 1
-            if ledger.exists():
-                known["budget init: a refused init left a ledger file"] += 1
 
     case()
-    for finding, count in known.items():
-        drill_counts[f"fuzz finding: {finding}"] += count
-    if known:
-        pytest.xfail(f"known accountant/cli_budget bugs hit: {dict(known)} (reported to the lead)")
 
 
-KNOWN_BUDGET_INIT_BUGS = pytest.mark.xfail(
-    reason="accountant/cli_budget: a refused 'budget init' leaves an empty ledger file; a huge sigma overflows "
-    "(exit 1) instead of a one-line input error (reported to the lead)",
-    strict=False,
-)
-
-
-@KNOWN_BUDGET_INIT_BUGS
 @pytest.mark.parametrize(
-    ("sigma", "epsilon"),
-    [("1.0", "0.0"), ("1.0", "1.0"), ("6.4e155", "1.0")],
+    ("sigma", "epsilon", "fragment"),
+    [("1.0", "0.0", "epsilon"), ("1.0", "1.0", "one query"), ("6.4e155", "1.0", "noise multiplier")],
     ids=["epsilon-zero", "first-query-over-budget", "huge-sigma"],
 )
-def test_refused_budget_init_writes_nothing(sigma, epsilon, tmp_path):
+def test_refused_budget_init_writes_nothing(sigma, epsilon, fragment, tmp_path):
     ledger = tmp_path / "ledger.sqlite"
     result = run_cli_result(
         ["budget", "init", "--ledger", str(ledger), "--shard", "s", "--records", "1000", "--k", "1", "--q", "0.5",
          "--sigma", sigma, "--epsilon", epsilon, "--delta", "1e-6"]
     )  # fmt: skip
     assert result.exit_code == 2
-    assert_one_error_line(result.stderr)
-    assert not ledger.exists()
+    assert_one_error_line(result.stderr, fragment)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.timeout(120)
@@ -214,7 +201,6 @@ def test_fuzz_paths(index_dir, tmp_path, monkeypatch, drill_counts):
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     before = snapshot(index_dir)
-    known: Counter = Counter()
 
     @settings(max_examples=25, **FAST)
     @given(path=ARGV_TEXT, shard=ARGV_TEXT)
@@ -230,21 +216,12 @@ def test_fuzz_paths(index_dir, tmp_path, monkeypatch, drill_counts):
         for args in commands:
             result = run_cli_result(args)
             drill_counts["fuzz: path/shard commands tried"] += 1
-            if result.exit_code == 1 and "home directory" in str(result.exception):
-                known[f"'{args[0]} {args[1]}' with --index/--ledger '~nosuchuser...' ends in exit 1"] += 1
-                continue
             assert result.exit_code in (2, 3), (args, result.exit_code, result.stdout, result.stderr)
             assert_one_error_line(result.stderr)
         assert not any(workdir.iterdir()), "a refused command wrote into the working directory"
 
     case()
     assert snapshot(index_dir) == before
-    for finding, count in known.items():
-        drill_counts[f"fuzz finding: {finding}"] += count
-    if known:
-        pytest.xfail(
-            f"known bug: Path.expanduser() RuntimeError is not a one-line input error: {dict(known)}"
-        )
 
 
 @pytest.mark.parametrize(
@@ -284,20 +261,18 @@ def test_unwritable_or_unknown_targets(
     assert {k for k in set(after) - set(before) if not k.endswith(("-wal", "-shm"))} == set()
 
 
-@pytest.mark.xfail(
-    reason="index/accountant call Path.expanduser(): '~nosuchuser/...' raises RuntimeError, exit 1 (reported)",
-    strict=False,
-)
 @pytest.mark.parametrize(
     "args",
     [["index", "info", "--index", "~nosuchuser/idx"], ["budget", "show", "--ledger", "~nosuchuser/l.sqlite"],
-     ["generate", "a digit", "--index", "~nosuchuser/idx"]],
-    ids=["index-info", "budget-show", "generate"],
+     ["generate", "a digit", "--index", "~nosuchuser/idx"],
+     ["budget", "init", "--ledger", "~nosuchuser/l.sqlite", "--shard", "s", "--records", "100", "--k", "3",
+      "--q", "0.5", "--sigma", "1", "--epsilon", "5", "--delta", "1e-5"]],
+    ids=["index-info", "budget-show", "generate", "budget-init"],
 )  # fmt: skip
 def test_unknown_home_directory_is_an_input_error(args):
     result = run_cli_result(args)
     assert result.exit_code == 2, repr(result.exception)
-    assert_one_error_line(result.stderr)
+    assert_one_error_line(result.stderr, "~nosuchuser")
 
 
 def test_audit_unknown_home_directory_is_an_input_error():
