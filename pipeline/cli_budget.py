@@ -212,6 +212,8 @@ def init(
             counts = {shard: available[shard]} if shard is not None else available
         else:
             counts = {shard: records}
+        for name, n in counts.items():
+            check_delta(delta, records=n, scope=name)  # cheap checks first, before any calibration
         if sigma is None:
             sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta)
         mech = Mechanism(k=k, q=q, sigma=sigma)
