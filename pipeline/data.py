@@ -184,6 +184,8 @@ def to_pil(image: np.ndarray):
 def write_private_pngs(out_dir: str | os.PathLike, *, split: DigitSplit | None = None) -> Path:
     """Write the private half as PNGs (``<label>/<row>.png``), the corpus the demo indexes.
 
+    The folders are created 0700 and the files 0600: this is the private corpus.
+
     Args:
         out_dir: target folder (created).
         split: an already loaded split (default: :func:`load_mnist_split`).
@@ -193,12 +195,13 @@ def write_private_pngs(out_dir: str | os.PathLike, *, split: DigitSplit | None =
     """
     split = split if split is not None else load_mnist_split()
     out = Path(out_dir)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)  # the private corpus: owner-only, like the index
     for image, label, row in zip(split.private_images, split.private_labels, split.private_rows, strict=True):
         folder = out / str(int(label))
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
         target = folder / f"{int(row):04d}.png"
         tmp = target.with_suffix(".png.tmp")
-        with open(tmp, "wb") as fh:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             to_pil(image).save(fh, format="PNG")
             fh.flush()
             os.fsync(fh.fileno())

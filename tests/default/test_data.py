@@ -62,3 +62,7 @@ def test_write_private_pngs(tmp_path, small_split: DigitSplit):
     first = Image.open(files[0])
     assert first.size == (28, 28) and first.mode == "L"
     assert {p.parent.name for p in files} == {str(c) for c in range(10)}
+    # the private corpus is owner-only on disk, like the index built from it
+    assert (out.stat().st_mode & 0o777) == 0o700
+    assert all((p.parent.stat().st_mode & 0o777) == 0o700 for p in files)
+    assert all((p.stat().st_mode & 0o777) == 0o600 for p in files)
