@@ -76,15 +76,23 @@ def poisson_subsample(n: int, q: float, rng: np.random.Generator) -> np.ndarray:
         return np.flatnonzero(rng.random(n) < q).astype(np.int64, copy=False)
     mean = n * q
     batch = int(mean + 8.0 * math.sqrt(mean) + 32)
+    scale = -math.log1p(-q)
     chunks: list[np.ndarray] = []
-    last = -1  # position of the last kept record so far
+    last = -1.0  # position of the last kept record so far
     while True:
-        positions = last + np.cumsum(rng.geometric(q, size=batch), dtype=np.int64)
+        # Exactly numpy's ``rng.geometric(q)`` for q < 1/3 (inversion: ceil(E / -log1p(-q)), E ~ Exp(1)), the
+        # same draws from the same generator, vectorised instead of one log1p per draw; positions stay float64
+        # (exact below 2**53) until cut at n, so a huge gap (tiny q) never overflows an integer.
+        gaps = rng.standard_exponential(batch)
+        np.divide(gaps, scale, out=gaps)
+        np.ceil(gaps, out=gaps)
+        gaps[0] += last
+        positions = np.cumsum(gaps, out=gaps)
         if positions[-1] >= n:
-            chunks.append(positions[: np.searchsorted(positions, n)])
+            chunks.append(positions[: np.searchsorted(positions, n)].astype(np.int64))
             break
-        chunks.append(positions)
-        last = int(positions[-1])
+        chunks.append(positions.astype(np.int64))
+        last = float(positions[-1])
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
@@ -225,10 +233,11 @@ def _topk_flat(
         faiss.swig_ptr(scores), faiss.swig_ptr(query), flat.get_xb(), faiss.swig_ptr(positions),
         flat.d, 1, positions.size,
     )
-    chosen = _best_k(scores, positions if id_map is None else id_map[positions], k)
-    kept = positions[chosen]
-    ids = kept.copy() if id_map is None else id_map[kept].astype(np.int64)
-    return ids, scores[chosen]
+    candidates = _cut_candidates(scores, k)
+    kept = positions[candidates]  # ids are looked up only for the few records at or above the cut
+    ids = kept if id_map is None else id_map[kept].astype(np.int64)
+    order = _order_by_score_then_id(scores[candidates], ids, k)
+    return ids[order], scores[candidates[order]]
 
 
 def _topk_selector(index: faiss.Index, query: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -262,13 +271,21 @@ def _record_ids(index: faiss.Index) -> np.ndarray:
 
 def _best_k(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores, best first, equal scores ordered by the smaller id (exact at the cut)."""
-    if scores.size > k:
-        cut = scores[np.argpartition(scores, scores.size - k)[scores.size - k]]  # k-th highest score
-        candidates = np.flatnonzero(scores >= cut)  # every record tied at the cut competes on its id
-    else:
-        candidates = np.arange(scores.size)
-    order = np.lexsort((ids[candidates], -scores[candidates].astype(np.float64)))
-    return candidates[order[:k]]
+    candidates = _cut_candidates(scores, k)
+    return candidates[_order_by_score_then_id(scores[candidates], ids[candidates], k)]
+
+
+def _cut_candidates(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of every score ≥ the k-th highest: the k best plus every record tied with the k-th (they compete on id)."""
+    if scores.size <= k:
+        return np.arange(scores.size)
+    cut = np.partition(scores, scores.size - k)[scores.size - k]  # k-th highest score (no index array built)
+    return np.flatnonzero(scores >= cut)
+
+
+def _order_by_score_then_id(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best of ``scores`` (higher first, equal scores by the smaller id)."""
+    return np.lexsort((ids, -scores.astype(np.float64)))[:k]
 
 
 def _check_query(query: np.ndarray, dim: int) -> np.ndarray:

@@ -64,6 +64,23 @@ def test_poisson_subsample_long_run_spans_several_batches() -> None:
     assert abs(np.mean(sizes) - 200) < 5 * np.sqrt(200 / 50)
 
 
+@pytest.mark.parametrize("q", [1e-4, 0.01, 0.2], ids=["q=1e-4", "q=0.01", "q=0.2"])
+def test_poisson_subsample_gaps_are_exactly_numpys_geometric_draws(q: float) -> None:
+    """The vectorised gaps are the very draws of ``rng.geometric(q)``: same positions, same generator state after."""
+    n = 300_000
+    ours, theirs = np.random.default_rng(21), np.random.default_rng(21)
+    kept = poisson_subsample(n, q, ours)
+    batch = int(n * q + 8.0 * np.sqrt(n * q) + 32)
+    positions, last = [], -1
+    while not positions or positions[-1][-1] < n:
+        chunk = last + np.cumsum(theirs.geometric(q, size=batch))
+        positions.append(chunk)
+        last = int(chunk[-1])
+    expected = np.concatenate(positions)
+    np.testing.assert_array_equal(kept, expected[expected < n])
+    assert kept.dtype == np.int64 and ours.random() == theirs.random()
+
+
 # ----------------------------------------------------------------------------------------- exact top-k
 
 
