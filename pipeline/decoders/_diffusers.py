@@ -2,17 +2,19 @@
 
 Both families (Stable unCLIP, Kandinsky 2.2) condition on a raw CLIP image embedding, while the DP mechanism works
 on unit embeddings (sensitivity 2/k). :class:`DiffusersDecoder` maps each aggregate to the decoder's embedding scale
-(:class:`~pipeline.decoders.base.EmbeddingScaling`), repeats it once per requested image, and checks generators, so
-each family's ``generate`` only calls its pipeline. All of it is post-processing of an already private aggregate.
+(:class:`~pipeline.decoders.base.EmbeddingScaling`), repeats it once per requested image, and checks generators in
+``generate``; each family only implements ``_run`` (its pipeline call). All of it is post-processing of an already private aggregate.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from pipeline.decoders.base import (
     EmbeddingScaling,
@@ -115,8 +117,9 @@ class DiffusersDecoder(WeightsIdentity):
         self.width = width
 
     @property
-    def condition_dim(self) -> int:  # pragma: no cover - every family overrides it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def condition_dim(self) -> int:
+        """Width of the image embeddings the family's UNet takes."""
 
     @property
     def embedding_dim(self) -> int:
@@ -130,13 +133,35 @@ class DiffusersDecoder(WeightsIdentity):
         """Map (noisy) unit-sphere aggregates to the decoder's embedding scale (see :class:`EmbeddingScaling`)."""
         return scale_conditions(conditions, self.embedding_scaling, self.embedding_norm)
 
-    def _prepare(self, conditions: torch.Tensor, *, num_images_per_condition: int, steps: int | None,
-                 guidance_scale: float, generator: GeneratorArg):
-        """Checked inputs: (one scaled embedding per image on the UNet's device/dtype, steps, generator(s))."""
+    @torch.no_grad()
+    def generate(self, conditions: torch.Tensor, *, num_images_per_condition: int = 1, steps: int | None = None,
+                 guidance_scale: float = 2.0, generator: GeneratorArg = None) -> list[Image.Image]:
+        """Generate from aggregated unit embeddings: rescale, one row per image, one pipeline call.
+
+        Args:
+            conditions: (B, condition_dim) aggregated (already privatised) unit-sphere embeddings.
+            num_images_per_condition: images per row; output is grouped by row.
+            steps: denoising steps (diffusers' ``num_inference_steps``); None = this decoder's default.
+            guidance_scale: classifier-free guidance scale; > 1 adds the family's negative branch, <= 1 runs the
+                conditional branch only (diffusers semantics; 0 is not "unconditional" here).
+            generator: one torch generator, or one per generated image (then a batch reproduces single calls).
+
+        Returns:
+            ``B * num_images_per_condition`` RGB PIL images.
+
+        Raises:
+            PipelineInputError: bad shapes or arguments.
+        """
         steps = self.num_inference_steps if steps is None else steps
         cond = check_generate_args(conditions, self.condition_dim, num_images_per_condition=num_images_per_condition,
                                    steps=steps, guidance_scale=guidance_scale)
         generators = check_generators(generator, len(cond) * num_images_per_condition)
         param = next(self.pipe.unet.parameters())
         embeds = self.rescale(cond).repeat_interleave(num_images_per_condition, dim=0)
-        return embeds.to(device=param.device, dtype=param.dtype), steps, generators
+        embeds = embeds.to(device=param.device, dtype=param.dtype)
+        return self._run(embeds, steps=steps, guidance_scale=guidance_scale, generator=generators)
+
+    @abc.abstractmethod
+    def _run(self, embeds: torch.Tensor, *, steps: int, guidance_scale: float,
+             generator: torch.Generator | list[torch.Generator] | None) -> list[Image.Image]:
+        """The family's pipeline call on (N, d) embeddings, one image each."""

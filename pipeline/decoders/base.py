@@ -10,6 +10,7 @@ attribution can check which base model they belong to.
 
 from __future__ import annotations
 
+import abc
 import enum
 import hashlib
 from collections.abc import Sequence
@@ -46,16 +47,13 @@ class Decoder(Protocol):
         """Hex sha256 identifying the weights (see :func:`weights_sha256`)."""
         ...
 
-    def generate(
-        self,
-        conditions: torch.Tensor,
-        *,
-        num_images_per_condition: int = 1,
-        steps: int = 25,
-        guidance_scale: float = 2.0,
-        generator: torch.Generator | None = None,
-    ) -> list[Image.Image]:
-        """Return ``B * num_images_per_condition`` images, grouped by condition (condition 0's images first)."""
+    def generate(self, conditions: torch.Tensor, *, num_images_per_condition: int = 1, steps: int = 25,
+                 guidance_scale: float = 2.0, generator: torch.Generator | None = None) -> list[Image.Image]:
+        """Return ``B * num_images_per_condition`` images, grouped by condition (condition 0's images first).
+
+        ``steps`` is diffusers' ``num_inference_steps``; the diffusers families also take ``steps=None`` (their
+        ``num_inference_steps`` knob) and a list of generators, one per generated image.
+        """
         ...
 
 
@@ -211,7 +209,7 @@ def modules_sha256(modules: dict[str, torch.nn.Module]) -> str:
     return digest.hexdigest()
 
 
-class WeightsIdentity:
+class WeightsIdentity(abc.ABC):
     """``model_id`` and a once-computed ``sha256`` for a decoder loaded from a folder or built in memory.
 
     Subclasses set ``family`` and implement ``_weight_modules``; ``from_pretrained`` calls :meth:`_set_source`.
@@ -225,8 +223,9 @@ class WeightsIdentity:
     def _set_source(self, folder: Path, *, label: str | None = None, variant: str | None = None) -> None:
         self._source, self._source_label, self._variant = folder, label, variant
 
+    @abc.abstractmethod
     def _weight_modules(self) -> dict[str, torch.nn.Module]:
-        raise NotImplementedError
+        """The modules whose weights identify an in-memory decoder, by name."""
 
     @property
     def model_id(self) -> str:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from pipeline.decoders._diffusers import DiffusersDecoder, load_pipeline
-from pipeline.decoders.base import EmbeddingScaling, GeneratorArg, mean_embedding_norm
+from pipeline.decoders.base import EmbeddingScaling, mean_embedding_norm
 from pipeline.errors import PipelineInputError
 
 
@@ -131,34 +131,8 @@ class KandinskyV22Decoder(DiffusersDecoder):
         """Width of the image embeddings the UNet takes (``encoder_hid_dim``; 1280 for ViT-bigG Kandinsky 2.2)."""
         return int(self.pipe.unet.config.encoder_hid_dim)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        conditions: torch.Tensor,
-        *,
-        num_images_per_condition: int = 1,
-        steps: int | None = None,
-        guidance_scale: float = 2.0,
-        generator: GeneratorArg = None,
-    ) -> list[Image.Image]:
-        """Run the Kandinsky 2.2 decoder once per batch with ``image_embeds`` = the rescaled conditions.
-
-        Args:
-            conditions: (B, condition_dim) aggregated (already privatised) unit-sphere embeddings.
-            num_images_per_condition: images per row; output is grouped by row.
-            steps: denoising steps (diffusers' ``num_inference_steps``); None = this decoder's default.
-            guidance_scale: classifier-free guidance scale against ``negative_image_embeds``; <= 1 runs the
-                conditional branch only (diffusers semantics).
-            generator: one torch generator, or one per generated image (then a batch reproduces single calls).
-
-        Returns:
-            ``B * num_images_per_condition`` RGB PIL images.
-
-        Raises:
-            PipelineInputError: bad shapes or arguments.
-        """
-        embeds, steps, generator = self._prepare(conditions, num_images_per_condition=num_images_per_condition,
-                                                 steps=steps, guidance_scale=guidance_scale, generator=generator)
+    def _run(self, embeds: torch.Tensor, *, steps: int, guidance_scale: float, generator) -> list[Image.Image]:
+        """One pipeline call: ``image_embeds``, with CFG against ``negative_image_embeds`` when ``guidance_scale > 1``."""
         negative = self.negative_image_embeds.to(device=embeds.device, dtype=embeds.dtype).expand_as(embeds)
         side = self.pipe.unet.config.sample_size * self.pipe.movq_scale_factor
         out = self.pipe(

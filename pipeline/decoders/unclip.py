@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from pipeline.decoders._diffusers import DiffusersDecoder, load_pipeline
-from pipeline.decoders.base import EmbeddingScaling, GeneratorArg, mean_embedding_norm
+from pipeline.decoders.base import EmbeddingScaling, mean_embedding_norm
 from pipeline.errors import PipelineInputError
 
 
@@ -115,34 +115,9 @@ class StableUnCLIPDecoder(DiffusersDecoder):
         """Width of the image embeddings the pipeline expects (1024 for ViT-H-14 Stable unCLIP 2.1)."""
         return int(self.pipe.image_normalizer.mean.shape[-1])
 
-    @torch.no_grad()
-    def generate(
-        self,
-        conditions: torch.Tensor,
-        *,
-        num_images_per_condition: int = 1,
-        steps: int | None = None,
-        guidance_scale: float = 2.0,
-        generator: GeneratorArg = None,
-    ) -> list[Image.Image]:
-        """Run Stable unCLIP once per batch with ``image_embeds`` = the rescaled conditions.
-
-        Args:
-            conditions: (B, condition_dim) aggregated (already privatised) unit-sphere embeddings.
-            num_images_per_condition: images per row; output is grouped by row.
-            steps: denoising steps (diffusers' ``num_inference_steps``); None = this decoder's default.
-            guidance_scale: classifier-free guidance scale; > 1 adds the pipeline's negative branch (zero embedding,
-                empty prompt), <= 1 runs the conditional branch only (diffusers semantics).
-            generator: one torch generator, or one per generated image (then a batch reproduces single calls).
-
-        Returns:
-            ``B * num_images_per_condition`` RGB PIL images.
-
-        Raises:
-            PipelineInputError: bad shapes or arguments.
-        """
-        embeds, steps, generator = self._prepare(conditions, num_images_per_condition=num_images_per_condition,
-                                                 steps=steps, guidance_scale=guidance_scale, generator=generator)
+    def _run(self, embeds: torch.Tensor, *, steps: int, guidance_scale: float, generator) -> list[Image.Image]:
+        """One pipeline call: ``image_embeds`` noised at ``noise_level`` (the pipeline's augmentation), CFG against
+        the zero embedding and the empty prompt when ``guidance_scale > 1``."""
         out = self.pipe(
             prompt=[self.prompt] * len(embeds),
             image_embeds=embeds,
