@@ -78,7 +78,7 @@ def load_pipeline(pipeline_cls, folder: Path, *, torch_dtype: torch.dtype | str 
     try:
         with quiet_loading():
             pipe = pipeline_cls.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:  # what diffusers/transformers raise for a bad snapshot
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PipelineInputError(
             f"decoder folder {folder} does not load as {pipeline_cls.__name__} ({first}); copy the complete "

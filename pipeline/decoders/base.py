@@ -13,11 +13,13 @@ from __future__ import annotations
 import abc
 import enum
 import hashlib
+import os
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -138,13 +140,37 @@ def scale_conditions(conditions: torch.Tensor, scaling: EmbeddingScaling, norm: 
     return torch.where(norms > 0, conditions / norms.clamp_min(1e-12) * norm, conditions)
 
 
+def as_array(value, what: str) -> torch.Tensor:
+    """An array knob given in memory (tensor, ndarray, list) or as the path of a ``.npy`` file, as a float tensor.
+
+    Raises:
+        PipelineInputError: an unreadable file or a value that is not numeric.
+    """
+    if isinstance(value, str | os.PathLike):
+        path = Path(value).expanduser()
+        try:
+            value = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise PipelineInputError(f"{what}: cannot read {path} as a .npy array ({type(err).__name__}); "
+                                     "save it with numpy.save") from err
+    try:
+        return torch.as_tensor(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise PipelineInputError(f"{what} must be a numeric array or a .npy file; found {type(value).__name__}") \
+            from err
+
+
 def mean_embedding_norm(public_embeddings, dim: int) -> float:
     """Mean L2 norm of raw (unnormalised) embeddings of PUBLIC images, shape (n, dim); never private ones.
+
+    Args:
+        public_embeddings: an (n, dim) array, or the path of a ``.npy`` file holding one.
+        dim: the decoder's condition width.
 
     Raises:
         PipelineInputError: a wrong shape, non-finite values or an all-zero set.
     """
-    rows = torch.as_tensor(public_embeddings, dtype=torch.float64)
+    rows = as_array(public_embeddings, "public_embeddings")
     if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] != dim or not torch.isfinite(rows).all():
         raise PipelineInputError(
             f"public_embeddings must be a finite (n, {dim}) array of raw public image embeddings; "
@@ -172,9 +198,10 @@ def check_embedding_norm(norm: float) -> float:
 
 
 def _variant_of(path: Path) -> str | None:
-    """'fp16' for ``model.fp16.safetensors``; None for ``model.safetensors`` (diffusers' variant naming)."""
+    """'fp16' for ``model.fp16.safetensors`` or shard ``model.fp16-00001-of-00002.safetensors``; None for
+    ``model.safetensors`` (diffusers' variant naming)."""
     parts = path.name.split(".")
-    return parts[-2] if len(parts) > 2 else None
+    return parts[-2].split("-")[0] if len(parts) > 2 else None
 
 
 def weights_sha256(folder: Path, *, variant: str | None = None) -> str:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from pipeline.decoders._diffusers import DiffusersDecoder, load_pipeline
-from pipeline.decoders.base import EmbeddingScaling, mean_embedding_norm
+from pipeline.decoders.base import EmbeddingScaling, as_array, mean_embedding_norm
 from pipeline.errors import PipelineInputError
 
 
@@ -58,8 +58,8 @@ class KandinskyV22Decoder(DiffusersDecoder):
         pipe: a ``KandinskyV22Pipeline`` (unet, scheduler, movq).
         embedding_norm: target norm of the rescaled aggregate; None = 1.0 (see the module docstring).
         embedding_scaling: how the unit aggregate is mapped to that norm (:class:`EmbeddingScaling`).
-        negative_image_embeds: the guidance branch's embedding, shape (d,) or (1, d), in raw embedding scale;
-            None = zeros. The stock pipeline uses the prior's ``get_zero_embed()`` (embedding of a black image).
+        negative_image_embeds: the guidance branch's embedding, shape (d,) or (1, d), in raw embedding scale (an
+            array or a ``.npy`` path); None = zeros. The stock pipeline uses the prior's ``get_zero_embed()`` (embedding of a black image).
         num_inference_steps: steps when ``generate(steps=None)``; default 50 (diffusers' usage example).
         height, width: output size in pixels (None = UNet sample size × MoVQ factor); rounded up to a multiple of
             the MoVQ factor squared, as the pipeline does.
@@ -79,7 +79,7 @@ class KandinskyV22Decoder(DiffusersDecoder):
         if negative_image_embeds is None:
             negative = torch.zeros(1, dim)
         else:
-            negative = torch.as_tensor(negative_image_embeds, dtype=torch.float32).reshape(1, -1)
+            negative = as_array(negative_image_embeds, "negative_image_embeds").float().reshape(1, -1)
             if negative.shape[1] != dim or not torch.isfinite(negative).all():
                 raise PipelineInputError(
                     f"negative_image_embeds must be one finite embedding of width {dim}; found {negative.shape[1]} "
@@ -100,7 +100,8 @@ class KandinskyV22Decoder(DiffusersDecoder):
         Args:
             local_dir: folder with ``model_index.json`` naming ``KandinskyV22Pipeline`` (unet/, scheduler/, movq/).
             embedding_norm: target norm; wins over the estimates below.
-            public_embeddings: raw (unnormalised) ViT-bigG embeddings of PUBLIC images, (n, d); mean norm = target.
+            public_embeddings: raw (unnormalised) ViT-bigG embeddings of PUBLIC images, (n, d) or a .npy path;
+                mean norm = target.
             prior_dir: a Kandinsky 2.2 prior folder; target = :func:`prior_embedding_norm` (used when neither
                 of the above is given).
             embedding_scaling, negative_image_embeds, num_inference_steps, height, width: see the class.

@@ -83,8 +83,8 @@ class StableUnCLIPDecoder(DiffusersDecoder):
             local_dir: folder with ``model_index.json`` and the pipeline's component folders.
             embedding_norm: target norm; wins over the public estimates.
             public_images: PUBLIC images whose mean embedding norm (this pipeline's image encoder) is the target.
-            public_embeddings: raw (unnormalised) ViT embeddings of PUBLIC images, (n, d); their mean norm is the
-                target when neither ``embedding_norm`` nor ``public_images`` is given.
+            public_embeddings: raw (unnormalised) ViT embeddings of PUBLIC images, (n, d) or a .npy path; their
+                mean norm is the target when neither ``embedding_norm`` nor ``public_images`` is given.
             embedding_scaling, noise_level, prompt, num_inference_steps, height, width: see the class.
             torch_dtype: weights dtype ('float16' halves memory; GPU only in practice).
             variant: weight file variant to read (e.g. 'fp16' for ``*.fp16.safetensors``).

@@ -52,3 +52,15 @@ def test_guidance_modes(kandinsky_dir, guidance_scale):
     images = load_decoder(kandinsky_dir).generate(torch.ones(2, 24), steps=1, guidance_scale=guidance_scale,
                                                   num_images_per_condition=2)
     assert len(images) == 4
+
+
+def test_array_knobs_from_npy_files(kandinsky_dir, tmp_path):
+    np.save(tmp_path / "neg.npy", np.linspace(-1, 1, 24))
+    np.save(tmp_path / "public.npy", np.full((2, 24), 3.0 / 24**0.5))
+    decoder = load_decoder(kandinsky_dir, negative_image_embeds=tmp_path / "neg.npy",
+                           public_embeddings=str(tmp_path / "public.npy"))
+    assert decoder.embedding_norm == pytest.approx(3.0)
+    assert decoder.negative_image_embeds[0, 0].item() == pytest.approx(-1.0)
+    (tmp_path / "bad.npy").write_text("not numpy")
+    with pytest.raises(PipelineInputError, match=r"negative_image_embeds: cannot read .*bad\.npy"):
+        load_decoder(kandinsky_dir, negative_image_embeds=tmp_path / "bad.npy")

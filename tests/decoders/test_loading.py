@@ -130,3 +130,19 @@ def test_in_memory_decoder_has_a_state_dict_identity(tiny_dir):
     built = TinyDecoder(loaded.unet, loaded.scheduler)
     assert built.model_id == "tiny@memory"
     assert len(built.sha256) == 64 and built.sha256 != loaded.sha256
+
+
+def test_sha256_reads_the_requested_variant(tmp_path):
+    from pipeline.decoders.base import weights_sha256
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"fp32")
+    plain = weights_sha256(tmp_path)
+    for shard in ("diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+                  "diffusion_pytorch_model.fp16-00002-of-00002.safetensors"):
+        (tmp_path / "unet" / shard).write_bytes(shard.encode())
+    assert weights_sha256(tmp_path) == plain  # variant files are not what a plain load reads
+    fp16 = weights_sha256(tmp_path, variant="fp16")
+    assert fp16 != plain
+    (tmp_path / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"ignored: safetensors wins")
+    assert weights_sha256(tmp_path) == plain

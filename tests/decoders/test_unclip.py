@@ -73,3 +73,9 @@ def test_output_size_knobs(unclip_dir):
 def test_refuses_bad_knobs(unclip_dir, knobs, match):
     with pytest.raises(PipelineInputError, match=match):
         load_decoder(unclip_dir, **knobs)
+
+
+def test_built_in_memory_is_identified_by_its_state_dicts(unclip):
+    built = StableUnCLIPDecoder(unclip.pipe)
+    assert built.model_id == "stable-unclip@memory"
+    assert len(built.sha256) == 64 and built.sha256 != unclip.sha256
