@@ -99,3 +99,15 @@ def test_loading_prints_nothing_on_stderr(family_dir, capfd):
     capfd.readouterr()
     load_decoder(folder)
     assert capfd.readouterr().err == ""  # CLI rule: errors are one line, loading is silent
+
+
+@pytest.mark.parametrize("family", ["stable-unclip", "kandinsky-2.2"])
+def test_builders_take_the_bundled_encoder_width(tmp_path, family):
+    """The fixture builders at d = 16 (the bundled tiny CLIP's width), so a CLI test can pair them with a real index."""
+    from decoder_folders import build_kandinsky_folder, build_unclip_folder
+
+    build = build_unclip_folder if family == "stable-unclip" else build_kandinsky_folder
+    folder = build(tmp_path / family, dim=describe_decoder(None).condition_dim)
+    decoder = load_decoder(folder)
+    assert decoder.condition_dim == 16
+    assert len(decoder.generate(_conditions(1, 16), steps=1)) == 1
