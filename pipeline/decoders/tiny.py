@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.decoders.base import check_generate_args
+from pipeline.decoders.base import WeightsIdentity, check_generate_args
 from pipeline.errors import PipelineInputError
 
 BUNDLED_DECODER_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-decoder"
 
 
-class TinyDecoder:
+class TinyDecoder(WeightsIdentity):
     """A DDIM sampler over a tiny ``UNet2DConditionModel`` conditioned on one aggregated embedding.
 
     Args:
@@ -27,6 +27,8 @@ class TinyDecoder:
             ``cross_attention_dim`` = embedding dim.
         scheduler: any diffusers scheduler; its config is turned into a ``DDIMScheduler`` (as ``DDIMPipeline`` does).
     """
+
+    family = "tiny"
 
     def __init__(self, unet, scheduler) -> None:
         from diffusers import DDIMScheduler
@@ -59,7 +61,9 @@ class TinyDecoder:
             folder / "unet", local_files_only=True, low_cpu_mem_usage=False
         )
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
-        return cls(unet, scheduler)
+        decoder = cls(unet, scheduler)
+        decoder._set_source(folder, label="bundled" if folder.resolve() == BUNDLED_DECODER_DIR else None)
+        return decoder
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write ``unet/`` (safetensors) and ``scheduler/`` under ``path``."""
@@ -67,9 +71,17 @@ class TinyDecoder:
         self.scheduler.save_pretrained(Path(path) / "scheduler")
 
     @property
-    def embedding_dim(self) -> int:
+    def condition_dim(self) -> int:
         """Width of the condition vectors (the UNet's class-projection input)."""
         return int(self.unet.config.projection_class_embeddings_input_dim)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Older name of :attr:`condition_dim`."""
+        return self.condition_dim
+
+    def _weight_modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet}
 
     @property
     def image_size(self) -> int:

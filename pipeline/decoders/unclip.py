@@ -11,34 +11,14 @@ Weights are loaded from a local folder only (``local_files_only=True``), never d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from pipeline.decoders.base import check_generate_args
+from pipeline.decoders._diffusers import DiffusersDecoder, load_pipeline
+from pipeline.decoders.base import EmbeddingScaling, mean_embedding_norm
 from pipeline.errors import PipelineInputError
-
-
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Turn off diffusers' and transformers' loading progress bars for the block, then restore them.
-
-    Loading is not a long job worth a bar, and those bars would break the CLI's one-line stderr rule.
-    """
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    restore = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
-    for module in restore:
-        module.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for module in restore:
-            module.enable_progress_bar()
 
 
 def normalizer_embedding_norm(pipe) -> float:
@@ -47,7 +27,7 @@ def normalizer_embedding_norm(pipe) -> float:
     A data-free default; pass ``embedding_norm`` (or public images to :func:`estimate_embedding_norm`) to override.
     """
     normalizer = pipe.image_normalizer
-    return float(torch.sqrt((normalizer.mean.detach() ** 2 + normalizer.std.detach() ** 2).sum()))
+    return float(torch.sqrt((normalizer.mean.detach().float() ** 2 + normalizer.std.detach().float() ** 2).sum()))
 
 
 @torch.no_grad()
@@ -56,115 +36,94 @@ def estimate_embedding_norm(pipe, public_images: list[Image.Image]) -> float:
     pixels = pipe.feature_extractor(images=public_images, return_tensors="pt").pixel_values
     param = next(pipe.image_encoder.parameters())
     embeds = pipe.image_encoder(pixels.to(device=param.device, dtype=param.dtype)).image_embeds
-    return float(embeds.norm(dim=-1).mean())
+    return float(embeds.float().norm(dim=-1).mean())
 
 
-class StableUnCLIPDecoder:
+class StableUnCLIPDecoder(DiffusersDecoder):
     """Generate with Stable unCLIP from aggregated unit embeddings.
 
     Args:
         pipe: a ``StableUnCLIPImg2ImgPipeline`` (components already built or loaded).
-        embedding_norm: target norm the unit-sphere aggregate is rescaled to; None = estimated from the
-            pipeline's image normaliser (:func:`normalizer_embedding_norm`).
+        embedding_norm: target norm of the rescaled aggregate; None = from the pipeline's image normaliser
+            (:func:`normalizer_embedding_norm`).
+        embedding_scaling: how the unit aggregate is mapped to that norm (``"normalize"``, ``"multiply"``,
+            ``"none"``; :class:`~pipeline.decoders.base.EmbeddingScaling`).
         noise_level: Stable unCLIP's embedding noise level in [0, 999] (more = looser adherence to the embedding).
         prompt: optional public text prompt that goes with every condition.
-        height: output height in pixels (None = the pipeline default).
-        width: output width in pixels (None = the pipeline default).
+        num_inference_steps: steps when ``generate(steps=None)``; default 20 (the pipeline's default).
+        height, width: output size in pixels (None = the pipeline default, UNet sample size × VAE factor).
     """
 
-    def __init__(self, pipe, *, embedding_norm: float | None = None, noise_level: int = 0, prompt: str = "",
-                 height: int | None = None, width: int | None = None) -> None:
+    family = "stable-unclip"
+    default_steps = 20
+
+    def __init__(self, pipe, *, embedding_norm: float | None = None,
+                 embedding_scaling: EmbeddingScaling | str = EmbeddingScaling.NORMALIZE, noise_level: int = 0,
+                 prompt: str = "", num_inference_steps: int | None = None, height: int | None = None,
+                 width: int | None = None) -> None:
         if not 0 <= noise_level <= 999:
             raise PipelineInputError(f"noise_level must be in [0, 999]; found {noise_level}")
-        if embedding_norm is not None and not embedding_norm > 0:
-            raise PipelineInputError(f"embedding_norm must be > 0; found {embedding_norm}")
-        self.pipe = pipe
-        self.embedding_norm = float(embedding_norm) if embedding_norm is not None else normalizer_embedding_norm(pipe)
+        norm = normalizer_embedding_norm(pipe) if embedding_norm is None else embedding_norm
+        super().__init__(pipe, embedding_norm=norm, embedding_scaling=embedding_scaling,
+                         num_inference_steps=num_inference_steps, height=height, width=width)
         self.noise_level = int(noise_level)
         self.prompt = prompt
-        self.height = height
-        self.width = width
 
     @classmethod
     def from_pretrained(cls, local_dir: str | Path, *, embedding_norm: float | None = None,
-                        public_images: list[Image.Image] | None = None, noise_level: int = 0, prompt: str = "",
-                        height: int | None = None, width: int | None = None) -> StableUnCLIPDecoder:
+                        public_images: list[Image.Image] | None = None, public_embeddings=None,
+                        embedding_scaling: EmbeddingScaling | str = EmbeddingScaling.NORMALIZE,
+                        noise_level: int = 0, prompt: str = "", num_inference_steps: int | None = None,
+                        height: int | None = None, width: int | None = None,
+                        torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
+                        device: str | torch.device | None = None) -> StableUnCLIPDecoder:
         """Load a ``StableUnCLIPImg2ImgPipeline`` saved with ``save_pretrained`` from ``local_dir`` (no download).
 
         Args:
             local_dir: folder with ``model_index.json`` and the pipeline's component folders.
-            embedding_norm: target norm; wins over ``public_images``.
-            public_images: PUBLIC images to estimate the norm from when ``embedding_norm`` is None.
-            noise_level, prompt, height, width: see the class.
+            embedding_norm: target norm; wins over the public estimates.
+            public_images: PUBLIC images whose mean embedding norm (this pipeline's image encoder) is the target.
+            public_embeddings: raw (unnormalised) ViT embeddings of PUBLIC images, (n, d) or a .npy path; their
+                mean norm is the target when neither ``embedding_norm`` nor ``public_images`` is given.
+            embedding_scaling, noise_level, prompt, num_inference_steps, height, width: see the class.
+            torch_dtype: weights dtype ('float16' halves memory; GPU only in practice).
+            variant: weight file variant to read (e.g. 'fp16' for ``*.fp16.safetensors``).
+            device: where to move the pipeline after loading (e.g. 'cuda').
 
         Raises:
-            PipelineInputError: the folder is missing or is not a saved diffusers pipeline.
+            PipelineInputError: the folder is not a Stable unCLIP img2img pipeline, or a knob is out of range.
         """
         from diffusers import StableUnCLIPImg2ImgPipeline
 
-        folder = Path(local_dir)
-        if not (folder / "model_index.json").is_file():
-            raise PipelineInputError(
-                f"{folder} is not a saved diffusers pipeline (no model_index.json); download "
-                "stabilityai/stable-diffusion-2-1-unclip once elsewhere and pass its local folder"
-            )
-        # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`, minus its stderr warning
-        with _quiet_loading():
-            pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(
-                folder, local_files_only=True, low_cpu_mem_usage=False
-            )
-        pipe.set_progress_bar_config(disable=True)
+        from pipeline.decoders.loading import DecoderFamily, describe_decoder
+
+        info = describe_decoder(local_dir, expect=DecoderFamily.STABLE_UNCLIP)
+        pipe = load_pipeline(StableUnCLIPImg2ImgPipeline, info.folder, torch_dtype=torch_dtype, variant=variant,
+                             device=device)
         if embedding_norm is None and public_images:
             embedding_norm = estimate_embedding_norm(pipe, public_images)
-        return cls(pipe, embedding_norm=embedding_norm, noise_level=noise_level, prompt=prompt,
-                   height=height, width=width)
+        elif embedding_norm is None and public_embeddings is not None:
+            embedding_norm = mean_embedding_norm(public_embeddings, info.condition_dim)
+        decoder = cls(pipe, embedding_norm=embedding_norm, embedding_scaling=embedding_scaling,
+                      noise_level=noise_level, prompt=prompt, num_inference_steps=num_inference_steps,
+                      height=height, width=width)
+        decoder._set_source(info.folder, variant=variant)
+        return decoder
 
     @property
-    def embedding_dim(self) -> int:
+    def condition_dim(self) -> int:
         """Width of the image embeddings the pipeline expects (1024 for ViT-H-14 Stable unCLIP 2.1)."""
         return int(self.pipe.image_normalizer.mean.shape[-1])
 
-    def rescale(self, conditions: torch.Tensor) -> torch.Tensor:
-        """Map each (noisy) unit-sphere aggregate to the decoder's embedding norm; zero rows stay zero."""
-        norms = conditions.norm(dim=-1, keepdim=True)
-        return torch.where(norms > 0, conditions / norms.clamp_min(1e-12) * self.embedding_norm, conditions)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        conditions: torch.Tensor,
-        *,
-        num_images_per_condition: int = 1,
-        steps: int = 25,
-        guidance_scale: float = 2.0,
-        generator: torch.Generator | None = None,
-    ) -> list[Image.Image]:
-        """Run Stable unCLIP once per batch with ``image_embeds`` = the rescaled conditions.
-
-        Args:
-            conditions: (B, embedding_dim) aggregated (already privatised) unit-sphere embeddings.
-            num_images_per_condition: images per row; output is grouped by row.
-            steps: denoising steps.
-            guidance_scale: classifier-free guidance scale (the negative branch is the zero embedding).
-            generator: torch generator (free to seed: post-processing).
-
-        Returns:
-            ``B * num_images_per_condition`` RGB PIL images.
-
-        Raises:
-            PipelineInputError: bad shapes or arguments.
-        """
-        cond = check_generate_args(conditions, self.embedding_dim, num_images_per_condition=num_images_per_condition,
-                                   steps=steps, guidance_scale=guidance_scale)
-        param = next(self.pipe.unet.parameters())
-        embeds = self.rescale(cond).to(device=param.device, dtype=param.dtype)
+    def _run(self, embeds: torch.Tensor, *, steps: int, guidance_scale: float, generator) -> list[Image.Image]:
+        """One pipeline call: ``image_embeds`` noised at ``noise_level`` (the pipeline's augmentation), CFG against
+        the zero embedding and the empty prompt when ``guidance_scale > 1``."""
         out = self.pipe(
             prompt=[self.prompt] * len(embeds),
             image_embeds=embeds,
             noise_level=self.noise_level,
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
-            num_images_per_prompt=num_images_per_condition,
             generator=generator,
             height=self.height,
             width=self.width,
