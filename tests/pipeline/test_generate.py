@@ -1,4 +1,4 @@
-"""Generator: one charged query per call, shared by all its images; λ = 0 reads nothing private."""
+"""DPRDMPipeline: one charged query per call, shared by all its images; λ = 0 reads nothing private."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from index import PrivateIndex
-from pipeline import GenerationResult, Generator, PrivateRetriever, QueryKind, save_generation
+from pipeline import DPRDMPipeline, GenerationResult, PrivateRetriever, QueryKind, save_generation
 from pipeline.errors import PipelineInputError
 
 SCOPE = {"k": 5, "q": 0.2, "sigma": 0.5, "epsilon": 10.0}
@@ -19,7 +19,7 @@ SCOPE = {"k": 5, "q": 0.2, "sigma": 0.5, "epsilon": 10.0}
 @pytest.fixture()
 def setup(index_dir: Path, make_ledger, encoder, decoder):
     ledger = make_ledger(default=SCOPE)
-    return Generator(PrivateRetriever(PrivateIndex.open(index_dir), ledger), encoder, decoder), ledger
+    return DPRDMPipeline(PrivateRetriever(PrivateIndex.open(index_dir), ledger), encoder, decoder), ledger
 
 
 def test_all_images_of_one_call_share_one_charge(setup) -> None:
@@ -85,7 +85,7 @@ def test_encoder_of_another_dimension_is_refused(index_dir: Path, make_ledger, d
         dim = index.dim + 1
 
     with pytest.raises(PipelineInputError, match="encoder dimension"):
-        Generator(PrivateRetriever(index, make_ledger(default=SCOPE)), Wide(), decoder)
+        DPRDMPipeline(PrivateRetriever(index, make_ledger(default=SCOPE)), Wide(), decoder)
 
 
 def test_saved_generation_has_pngs_a_grid_and_a_public_record(setup, tmp_path: Path) -> None:
