@@ -11,12 +11,14 @@ read-only budget commands start without importing torch, diffusers, faiss or ope
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 EXIT_CODES = "Exit codes: 0 ok, 1 unexpected failure, 2 bad input, 3 privacy refusal (nothing released or charged)."
 
@@ -57,9 +59,27 @@ ShardsOption = Annotated[
 DEFAULT_SHARD = "default"
 
 
+class PlainHelpCommand(TyperCommand):
+    """A command whose ``--help`` shows no Python types: ``SOURCE`` rather than ``{SOURCE}`` / ``SOURCE <str>``."""
+
+    _ARGUMENT_TYPE = re.compile(r"^(  [A-Z][A-Z0-9_]*) <[^>\n]*>", re.MULTILINE)  # "  SOURCE <str>  help"
+    _REQUIRED_ARGUMENT = re.compile(r"\{([A-Z][A-Z0-9_]*)\}")  # usage line "{SOURCE}"
+
+    def get_help(self, ctx: Any) -> str:
+        text = self._REQUIRED_ARGUMENT.sub(r"\1", super().get_help(ctx))
+        return self._ARGUMENT_TYPE.sub(lambda m: m.group(1) + " " * (len(m.group(0)) - len(m.group(1))), text)
+
+
+class _Typer(typer.Typer):
+    """``typer.Typer`` whose commands default to :class:`PlainHelpCommand`."""
+
+    def command(self, *args: Any, cls: type[TyperCommand] | None = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or PlainHelpCommand, **kwargs)
+
+
 def make_typer(*, help: str, epilog: str | None = EXIT_CODES, **settings: Any) -> typer.Typer:  # noqa: A002
     """The one Typer configuration of dprdm: plain one-line errors, no locals in tracebacks, ``-h``, no completion."""
-    return typer.Typer(
+    return _Typer(
         help=help,
         epilog=epilog,
         no_args_is_help=True,
