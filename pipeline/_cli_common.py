@@ -20,37 +20,34 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
+from pipeline._files import LEDGER_NAME
+
 EXIT_CODES = "Exit codes: 0 ok, 1 unexpected failure, 2 bad input, 3 privacy refusal (nothing released or charged)."
 
 # -- the shared options, each defined once ------------------------------------------------------------------------
-IndexOption = Annotated[
-    Path,
-    typer.Option("--index", metavar="DIR", show_default=False,
-                 help="Private index folder (from 'dprdm index build'); its ledger is DIR/budget.sqlite."),
-]  # fmt: skip
-OptionalIndexOption = Annotated[
-    Path | None,
-    typer.Option("--index", metavar="DIR", show_default=False,
-                 help="Private index folder (from 'dprdm index build'); its ledger is DIR/budget.sqlite."),
-]  # fmt: skip
+_INDEX = typer.Option(
+    "--index", metavar="DIR", show_default=False,
+    help=f"Private index folder (from 'dprdm index build'); its ledger is DIR/{LEDGER_NAME}.",
+)  # fmt: skip
+IndexOption = Annotated[Path, _INDEX]
+OptionalIndexOption = Annotated[Path | None, _INDEX]
 LedgerOption = Annotated[
     Path | None,
     typer.Option("--ledger", metavar="PATH", show_default=False,
-                 help="Budget ledger file (default: INDEX/budget.sqlite)."),
+                 help=f"Budget ledger file (default: INDEX/{LEDGER_NAME})."),
 ]  # fmt: skip
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 ThreadsOption = Annotated[
     int | None,
     typer.Option("--threads", metavar="N", min=1, show_default=False, help="Torch threads (default: torch's)."),
 ]
-ShardOption = Annotated[
-    str, typer.Option("--shard", metavar="NAME", help="Shard (a privacy compartment; one budget scope each).")
-]
-OptionalShardOption = Annotated[
-    str | None,
-    typer.Option("--shard", metavar="NAME", show_default=False,
-                 help="Shard (a privacy compartment; one budget scope each); default: every shard."),
-]  # fmt: skip
+_SHARD = typer.Option(
+    "--shard", metavar="NAME",
+    help="Shard: a privacy compartment with its own budget scope (index build/add: 'default'; budget init: "
+    "every shard; audit: the only one).",
+)  # fmt: skip
+ShardOption = Annotated[str, _SHARD]
+OptionalShardOption = Annotated[str | None, _SHARD]
 ShardsOption = Annotated[
     list[str] | None,
     typer.Option("--shard", metavar="NAME", show_default=False,

@@ -61,7 +61,7 @@ def _ledger_path(index: Path | None, ledger: Path | None) -> Path:
     if ledger is not None:
         return ledger
     if index is None:
-        raise PipelineInputError("pass --index DIR (ledger DIR/budget.sqlite) or --ledger PATH")
+        raise PipelineInputError(f"pass --index DIR (ledger DIR/{LEDGER_NAME}) or --ledger PATH")
     return index / LEDGER_NAME
 
 

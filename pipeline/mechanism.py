@@ -302,46 +302,48 @@ def _check_query(query: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(vector)
 
 
-def _check_k(k: int) -> int:
-    if isinstance(k, bool):
-        raise PipelineInputError(f"k must be an integer ≥ 1; found {k!r}; pass the scope's k")
+def _check_integer(value: int, *, name: str, minimum: int, fix: str) -> int:
+    """``value`` as an int ``>= minimum`` (bools refused), else a one-line PipelineInputError."""
+    must = f"{name} must be an integer ≥ {minimum}" if minimum else f"{name} must be a non-negative integer"
+    if isinstance(value, bool):
+        raise PipelineInputError(f"{must}; found {value!r}; {fix}")
     try:
-        k = operator.index(k)
+        value = operator.index(value)
     except TypeError:
-        raise PipelineInputError(f"k must be an integer ≥ 1; found {k!r}; pass the scope's k") from None
-    if k < 1:
-        raise PipelineInputError(f"k must be an integer ≥ 1; found {k}; pass the scope's k")
-    return k
+        raise PipelineInputError(f"{must}; found {value!r}; {fix}") from None
+    if value < minimum:
+        raise PipelineInputError(f"{must}; found {value}; {fix}")
+    return value
+
+
+def _check_real(value: float, *, name: str, valid, must: str, fix: str) -> float:
+    """``value`` as a float for which ``valid`` holds, else a one-line PipelineInputError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PipelineInputError(f"{name} must be {must}; found {value!r}; {fix}") from None
+    if not valid(number):
+        raise PipelineInputError(f"{name} must be {must}; found {number}; {fix}")
+    return number
+
+
+def _check_k(k: int) -> int:
+    return _check_integer(k, name="k", minimum=1, fix="pass the scope's k")
 
 
 def _check_count(n: int) -> int:
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise PipelineInputError(f"n must be a non-negative integer; found {n!r}; pass the number of records") from None
-    if n < 0:
-        raise PipelineInputError(f"n must be a non-negative integer; found {n}; pass the number of records")
-    return n
+    return _check_integer(n, name="n", minimum=0, fix="pass the number of records")
 
 
 def _check_rate(q: float) -> float:
-    try:
-        q = float(q)
-    except (TypeError, ValueError):
-        raise PipelineInputError(f"q must be a probability in (0, 1]; found {q!r}; pass the scope's q") from None
-    if not (0.0 < q <= 1.0):
-        raise PipelineInputError(f"q must be a probability in (0, 1]; found {q}; pass the scope's q")
-    return q
+    return _check_real(q, name="q", valid=lambda x: 0.0 < x <= 1.0, must="a probability in (0, 1]", fix="pass the scope's q")
 
 
 def _check_sigma(sigma: float) -> float:
-    try:
-        sigma = float(sigma)
-    except (TypeError, ValueError):
-        raise PipelineInputError(f"sigma must be a finite number ≥ 0; found {sigma!r}; pass the scope's sigma") from None
-    if not (math.isfinite(sigma) and sigma >= 0.0):
-        raise PipelineInputError(f"sigma must be a finite number ≥ 0; found {sigma}; pass the scope's sigma")
-    return sigma
+    return _check_real(
+        sigma, name="sigma", valid=lambda x: math.isfinite(x) and x >= 0.0, must="a finite number ≥ 0",
+        fix="pass the scope's sigma",
+    )  # fmt: skip
 
 
 def _check_rng(rng: np.random.Generator) -> None:
