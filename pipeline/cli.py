@@ -30,6 +30,8 @@ from typer.core import TyperGroup
 
 from pipeline import cli_audit, cli_budget, cli_generate, cli_index, cli_train
 from pipeline._cli_common import EXIT_CODES, error_line, make_typer
+from pipeline._files import expand_user
+from pipeline.errors import PipelineInputError
 
 # typer vendors click privately (typer._click); its UsageError is reachable through public names only as the
 # base class of the public ``typer.BadParameter``.
@@ -67,8 +69,8 @@ def _user_paths(argv: Iterable[str]) -> set[str]:
         for candidate in (token, token.partition("=")[2]):
             if candidate and not candidate.startswith("-"):
                 try:
-                    paths.add(os.path.abspath(os.path.expanduser(candidate)))
-                except (RuntimeError, ValueError):  # '~nosuchuser', NUL byte: not a usable path anyway
+                    paths.add(os.path.abspath(expand_user(candidate)))
+                except (PipelineInputError, ValueError):  # '~nosuchuser', NUL byte: not a usable path anyway
                     continue
     return paths
 

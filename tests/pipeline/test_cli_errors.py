@@ -221,3 +221,19 @@ def test_light_commands_import_no_model_code(args, ledger_path: Path) -> None:
                           "part of issue 15; the CLI side imports index only inside the command", strict=False)
 def test_index_info_imports_no_model_code(index_dir: Path) -> None:
     assert _heavy_modules("index", "info", "--index", str(index_dir)) == set()
+
+
+def test_the_demo_reports_errors_through_the_same_path(monkeypatch, capsys) -> None:
+    from pipeline import demo
+    from pipeline.errors import PrivacyRefusal
+
+    def refused() -> None:
+        raise PrivacyRefusal("no budget left in the demo's ledger")
+
+    monkeypatch.setattr(demo, "main", refused)
+    monkeypatch.setattr(sys, "argv", ["pipeline.demo"])
+    with pytest.raises(SystemExit) as stop:
+        demo._run_demo()
+    assert stop.value.code == 3
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "Error: no budget left in the demo's ledger" and "make clean" in lines[1]
