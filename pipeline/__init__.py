@@ -3,19 +3,33 @@
 Mechanism (DP-RDM): Poisson subsample at rate q, exact top-k by inner product, mean of the k unit neighbours
 (zero-padded), plus N(0, σ² I). L2 sensitivity 2/k under add/remove-one adjacency; accountant: dp-accounting RDP
 on ``PoissonSampledDpEvent(q, GaussianDpEvent(kσ/2))``, one event per query and targeted shard.
+
+Public API (what the README's Python API uses): :class:`DPRDMPipeline` (``from_index_dir`` or built from a
+``PrivateRetriever``, an encoder and a decoder), :class:`GenerationResult`, :class:`QueryKind`,
+:class:`PrivateRetriever`, :class:`PrivateRelease`, :func:`save_generation`, :class:`SavedGeneration` and the
+errors. The mechanism's pure functions live in :mod:`pipeline.mechanism`, decoders in :mod:`pipeline.decoders`,
+the audit in :mod:`pipeline.audit`.
+
+The names are imported on first use (PEP 562), so ``import pipeline.cli`` (``dprdm --help``, ``budget show``)
+does not load torch, faiss or diffusers; the first heavy name imports :mod:`index` first, whose torchvision shim
+must run before diffusers / open_clip are imported.
 """
 
-import index  # noqa: F401,I001  (first: its torchvision shim must run before diffusers / open_clip are imported)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError, PipelineInputError, PrivacyRefusal
-from pipeline.generate import GenerationResult, Generator, QueryKind
-from pipeline.mechanism import aggregate, poisson_subsample, privatize, secure_rng, subsample_topk
-from pipeline.outputs import SavedGeneration, make_grid, save_generation
-from pipeline.retrieve import PrivateRelease, PrivateRetriever
+
+if TYPE_CHECKING:
+    from pipeline.generate import DPRDMPipeline, GenerationResult, QueryKind
+    from pipeline.outputs import SavedGeneration, save_generation
+    from pipeline.retrieve import PrivateRelease, PrivateRetriever
 
 __all__ = [
+    "DPRDMPipeline",
     "GenerationResult",
-    "Generator",
     "PipelineError",
     "PipelineInputError",
     "PrivacyRefusal",
@@ -23,11 +37,29 @@ __all__ = [
     "PrivateRetriever",
     "QueryKind",
     "SavedGeneration",
-    "aggregate",
-    "make_grid",
-    "poisson_subsample",
-    "privatize",
     "save_generation",
-    "secure_rng",
-    "subsample_topk",
 ]
+
+_LAZY = {
+    "DPRDMPipeline": "pipeline.generate",
+    "GenerationResult": "pipeline.generate",
+    "QueryKind": "pipeline.generate",
+    "PrivateRelease": "pipeline.retrieve",
+    "PrivateRetriever": "pipeline.retrieve",
+    "SavedGeneration": "pipeline.outputs",
+    "save_generation": "pipeline.outputs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    importlib.import_module("index")  # first: its torchvision shim must run before diffusers / open_clip
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

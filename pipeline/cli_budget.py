@@ -10,62 +10,77 @@ Exit codes: 0 ok, 2 bad input, 3 ledger missing/corrupt/tampered or budget refus
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from accountant import Ledger, Mechanism, calibrate_sigma, check_scope, event_rdp
-from accountant.budget import check_delta, epsilon_and_order
-from pipeline._cli_common import JsonOption, emit, fail, user_errors
+from pipeline._cli_common import (
+    JsonOption,
+    LedgerOption,
+    OptionalIndexOption,
+    OptionalShardOption,
+    emit,
+    make_typer,
+)
+from pipeline._files import LEDGER_NAME, atomic_write_bytes
+from pipeline.errors import PipelineInputError
 
 EPILOG = "Exit codes: 0 ok, 2 bad input, 3 ledger missing/corrupt/tampered or budget refused, 1 unexpected."
-LEDGER_NAME = "budget.sqlite"
 
-app = typer.Typer(
+app = make_typer(
     help="Privacy budget: plan (epsilon <-> sigma), create the ledger of an index, inspect and verify it.",
     epilog=EPILOG,
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-IndexOpt = Annotated[
-    Path | None, typer.Option("--index", help="Index directory; its ledger is DIR/budget.sqlite.")
+KOpt = Annotated[int | None, typer.Option("--k", metavar="K", show_default=False, help="Neighbours averaged per query (>= 1).")]
+QOpt = Annotated[
+    float | None,
+    typer.Option("--q", metavar="Q", show_default=False, help="Poisson sampling rate of each record, in (0, 1]."),
 ]
-LedgerOpt = Annotated[
-    Path | None, typer.Option("--ledger", help="Ledger file (overrides DIR/budget.sqlite).")
-]
-KOpt = Annotated[int | None, typer.Option("--k", help="Neighbours averaged per query (>= 1).")]
-QOpt = Annotated[float | None, typer.Option("--q", help="Poisson sampling rate of each record, in (0, 1].")]
 SigmaOpt = Annotated[
-    float | None, typer.Option("--sigma", help="Noise std per coordinate of the mean (> 0).")
+    float | None,
+    typer.Option("--sigma", metavar="SIGMA", show_default=False, help="Noise std per coordinate of the mean (> 0)."),
 ]
-EpsOpt = Annotated[float | None, typer.Option("--epsilon", help="Epsilon budget / target (> 0).")]
-DeltaOpt = Annotated[float | None, typer.Option("--delta", help="Delta, in (0, 1) and below 1/N.")]
-QueriesOpt = Annotated[int | None, typer.Option("--queries", help="Planned number of queries T (>= 1).")]
+EpsOpt = Annotated[
+    float | None, typer.Option("--epsilon", metavar="EPS", show_default=False, help="Epsilon budget / target (> 0).")
+]
+DeltaOpt = Annotated[
+    float | None,
+    typer.Option("--delta", metavar="DELTA", show_default=False, help="Delta, in (0, 1) and below 1/N."),
+]
+QueriesOpt = Annotated[
+    int | None,
+    typer.Option("--queries", metavar="T", show_default=False, help="Planned number of queries T (>= 1)."),
+]
 
 
 def _ledger_path(index: Path | None, ledger: Path | None) -> Path:
     if ledger is not None:
         return ledger
     if index is None:
-        raise ValueError("pass --index DIR (ledger DIR/budget.sqlite) or --ledger PATH")
+        raise PipelineInputError(f"pass --index DIR (ledger DIR/{LEDGER_NAME}) or --ledger PATH")
     return index / LEDGER_NAME
 
 
 def _require(**options: Any) -> None:
     missing = [f"--{name}" for name, value in options.items() if value is None]
     if missing:
-        raise ValueError(f"missing {', '.join(missing)}; see 'dprdm budget <command> --help'")
+        raise PipelineInputError(f"missing {', '.join(missing)}; see 'dprdm budget <command> --help'")
 
 
-def _open_read_only(index: Path | None, ledger: Path | None) -> Ledger:
+def _open_read_only(index: Path | None, ledger: Path | None):
+    from accountant import Ledger
+
     return Ledger(_ledger_path(index, ledger), create=False, read_only=True)
+
+
+def _iso_times(charge: dict[str, Any]) -> dict[str, Any]:
+    """A charge with its time (UNIX seconds in the ledger) as the ISO-8601 UTC text of the table and the JSON."""
+    when = datetime.fromtimestamp(charge["time"], tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return charge | {"time": when}
 
 
 def _num(value: float | None, digits: int = 6) -> str:
@@ -100,38 +115,34 @@ def plan(
     json_mode: JsonOption = False,
 ) -> None:
     """Plan: --epsilon gives the smallest sigma for T queries; --sigma gives the epsilon after T queries."""
-    with user_errors(json_mode):
-        if (epsilon is None) == (sigma is None):
-            raise fail(
-                "pass exactly one of --epsilon (to calibrate sigma) or --sigma (to compute epsilon)",
-                json_mode=json_mode,
-            )
-        try:
-            _require(delta=delta, queries=queries, k=k, q=q)
-        except ValueError as err:
-            raise fail(str(err), json_mode=json_mode) from None
-        if sigma is None:
-            sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta)
-        mech = Mechanism(k=k, q=q, sigma=sigma)
-        spent, order = epsilon_and_order(event_rdp(mech.dp_event()), queries, delta=check_delta(delta))
-        payload = {
-            "sigma": mech.sigma,
-            "noise_multiplier": mech.noise_multiplier,
-            "epsilon": spent,
-            "optimal_order": order,
-            "epsilon_target": epsilon,
-            "delta": delta,
-            "queries": queries,
-            "k": mech.k,
-            "q": mech.q,
-            "sensitivity": mech.sensitivity,
-        }
-        emit(payload, json_mode=json_mode, human=_plan_human)
+    from accountant import Mechanism, calibrate_sigma, event_rdp
+    from accountant.budget import check_delta, epsilon_and_order
+
+    if (epsilon is None) == (sigma is None):
+        raise PipelineInputError("pass exactly one of --epsilon (to calibrate sigma) or --sigma (to compute epsilon)")
+    _require(delta=delta, queries=queries, k=k, q=q)
+    if sigma is None:
+        sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta)
+    mech = Mechanism(k=k, q=q, sigma=sigma)
+    spent, order = epsilon_and_order(event_rdp(mech.dp_event()), queries, delta=check_delta(delta))
+    payload = {
+        "sigma": mech.sigma,
+        "noise_multiplier": mech.noise_multiplier,
+        "epsilon": spent,
+        "optimal_order": order,
+        "epsilon_target": epsilon,
+        "delta": delta,
+        "queries": queries,
+        "k": mech.k,
+        "q": mech.q,
+        "sensitivity": mech.sensitivity,
+    }
+    emit(payload, json_mode=json_mode, human=_plan_human)
 
 
 # -- init -------------------------------------------------------------------------------------------------------
 def _shard_records(index: Path) -> dict[str, int]:
-    from index import PrivateIndex  # imported lazily: only init needs the index package
+    from index import PrivateIndex  # imported lazily: only init needs the index package (and its torch)
 
     info = PrivateIndex.open(index).info()
     return {name: int(shard["records"]) for name, shard in info["shards"].items()}
@@ -167,92 +178,81 @@ def _ledger_human(payload: dict[str, Any]) -> str:
 
 @app.command("init")
 def init(
-    index: IndexOpt = None,
-    shard: Annotated[
-        str | None, typer.Option("--shard", help="One shard (default: every shard of --index).")
-    ] = None,
+    index: OptionalIndexOption = None,
+    shard: OptionalShardOption = None,
     epsilon: EpsOpt = None,
     delta: DeltaOpt = None,
     sigma: SigmaOpt = None,
     queries: QueriesOpt = None,
     k: KOpt = None,
     q: QOpt = None,
-    ledger: LedgerOpt = None,
+    ledger: LedgerOption = None,
     records: Annotated[
-        int | None, typer.Option("--records", help="Records N of the scope when there is no --index.")
+        int | None,
+        typer.Option("--records", metavar="N", show_default=False, help="Records N of the scope when there is no --index."),
     ] = None,
     json_mode: JsonOption = False,
 ) -> None:
     """Create one budget scope per shard (same epsilon, delta, k, q, sigma), refusing delta >= 1/N."""
-    with user_errors(json_mode):
-        try:
-            _require(epsilon=epsilon, delta=delta, k=k, q=q)
-            path = _ledger_path(index, ledger)
-            if (sigma is None) == (queries is None):
-                raise ValueError(
-                    "pass exactly one of --sigma or --queries (calibrates sigma so T queries fit)"
-                )
-            if index is not None and records is not None:
-                raise ValueError("--records is read from --index; drop --records")
-            if index is None and shard is None:
-                raise ValueError("without --index pass --shard NAME (and --records N to check delta < 1/N)")
-            if index is not None and not index.is_dir():
-                raise ValueError(f"--index {index} is not a directory; build it with 'dprdm index build'")
-        except ValueError as err:
-            raise fail(str(err), json_mode=json_mode) from None
-        counts: dict[str, int | None]
-        if index is not None:
-            available = _shard_records(index)
-            if shard is not None and shard not in available:
-                raise fail(
-                    f"shard '{shard}' is not in index {index} (shards: {', '.join(sorted(available))}); "
-                    "pass one of them to --shard",
-                    json_mode=json_mode,
-                )
-            counts = {shard: available[shard]} if shard is not None else available
-        else:
-            counts = {shard: records}
-        for name, n in counts.items():
-            check_delta(delta, records=n, scope=name)  # cheap checks first, before any calibration
-        if sigma is None:
-            sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta)
-        mech = Mechanism(k=k, q=q, sigma=sigma)
-        for name, n in sorted(counts.items()):  # every scope checked before the ledger file is touched
-            check_scope(name, epsilon=epsilon, delta=delta, mechanism=mech, records=n)
-        book = Ledger(path, create=True)
-        try:
-            existing = sorted(set(counts) & set(book.scopes()))
-            if existing:
-                raise fail(
-                    f"scope(s) {', '.join(existing)} already exist in ledger {path}; a scope's mechanism and "
-                    "budget are fixed; use --shard for a new shard or a new --ledger",
-                    json_mode=json_mode,
-                )
-            statuses = {
-                name: book.create_scope(
-                    name, epsilon=epsilon, delta=delta, mechanism=mech, records=n
-                ).to_dict()
-                for name, n in sorted(counts.items())
-            }
-        except BaseException:
-            book.discard()  # removes the file only if this call created it (never an existing ledger)
-            raise
-        book.close()
-        emit({"ledger": str(path), "scopes": statuses}, json_mode=json_mode, human=_ledger_human)
+    from accountant import Ledger, Mechanism, calibrate_sigma, check_scope
+    from accountant.budget import check_delta
+
+    _require(epsilon=epsilon, delta=delta, k=k, q=q)
+    path = _ledger_path(index, ledger)
+    if (sigma is None) == (queries is None):
+        raise PipelineInputError("pass exactly one of --sigma or --queries (calibrates sigma so T queries fit)")
+    if index is not None and records is not None:
+        raise PipelineInputError("--records is read from --index; drop --records")
+    if index is None and shard is None:
+        raise PipelineInputError("without --index pass --shard NAME (and --records N to check delta < 1/N)")
+    if index is not None and not index.is_dir():
+        raise PipelineInputError(f"--index {index} is not a directory; build it with 'dprdm index build'")
+    counts: dict[str, int | None]
+    if index is not None:
+        available = _shard_records(index)
+        if shard is not None and shard not in available:
+            raise PipelineInputError(
+                f"shard '{shard}' is not in index {index} (shards: {', '.join(sorted(available))}); "
+                "pass one of them to --shard"
+            )
+        counts = {shard: available[shard]} if shard is not None else available
+    else:
+        counts = {shard: records}
+    for name, n in counts.items():
+        check_delta(delta, records=n, scope=name)  # cheap checks first, before any calibration
+    if sigma is None:
+        sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta)
+    mech = Mechanism(k=k, q=q, sigma=sigma)
+    for name, n in sorted(counts.items()):  # every scope checked before the ledger file is touched
+        check_scope(name, epsilon=epsilon, delta=delta, mechanism=mech, records=n)
+    # TODO(#10): the all-or-none creation below moves into Ledger.create_scopes (accountant) once it lands.
+    book = Ledger(path, create=True)
+    try:
+        existing = sorted(set(counts) & set(book.scopes()))
+        if existing:
+            raise PipelineInputError(
+                f"scope(s) {', '.join(existing)} already exist in ledger {path}; a scope's mechanism and "
+                "budget are fixed; use --shard for a new shard or a new --ledger"
+            )
+        statuses = {
+            name: book.create_scope(name, epsilon=epsilon, delta=delta, mechanism=mech, records=n).to_dict()
+            for name, n in sorted(counts.items())
+        }
+    except BaseException:
+        book.discard()  # removes the file only if this call created it (never an existing ledger)
+        raise
+    book.close()
+    emit({"ledger": str(path), "scopes": statuses}, json_mode=json_mode, human=_ledger_human)
 
 
 # -- show / history / verify ----------------------------------------------------------------------------------------
 @app.command("show")
-def show(index: IndexOpt = None, ledger: LedgerOpt = None, json_mode: JsonOption = False) -> None:
+def show(index: OptionalIndexOption = None, ledger: LedgerOption = None, json_mode: JsonOption = False) -> None:
     """Epsilon spent, budget and exact queries remaining of every scope (read-only)."""
-    with user_errors(json_mode):
-        try:
-            path = _ledger_path(index, ledger)
-        except ValueError as err:
-            raise fail(str(err), json_mode=json_mode) from None
-        with _open_read_only(index, ledger) as book:
-            scopes = {name: book.status(name).to_dict() for name in book.scopes()}
-        emit({"ledger": str(path), "scopes": scopes}, json_mode=json_mode, human=_ledger_human)
+    path = _ledger_path(index, ledger)
+    with _open_read_only(index, ledger) as book:
+        scopes = {name: book.status(name).to_dict() for name in book.scopes()}
+    emit({"ledger": str(path), "scopes": scopes}, json_mode=json_mode, human=_ledger_human)
 
 
 def _history_human(payload: dict[str, Any]) -> str:
@@ -260,9 +260,8 @@ def _history_human(payload: dict[str, Any]) -> str:
         return "(no charges)"
     lines = []
     for c in payload["charges"]:
-        when = datetime.fromtimestamp(c["time"], tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         lines.append(
-            f"{c['id']:>6}  {when}  {c['scope']}  x{c['count']}  group={c['group_id'][:12]}  "
+            f"{c['id']:>6}  {c['time']}  {c['scope']}  x{c['count']}  group={c['group_id'][:12]}  "
             f"caller={c['caller'] or '-'}  purpose={c['purpose'] or '-'}"
         )
     return "\n".join(lines)
@@ -270,24 +269,20 @@ def _history_human(payload: dict[str, Any]) -> str:
 
 @app.command("history")
 def history(
-    index: IndexOpt = None,
-    ledger: LedgerOpt = None,
-    scope: Annotated[str | None, typer.Option("--scope", help="Only this scope.")] = None,
+    index: OptionalIndexOption = None,
+    ledger: LedgerOption = None,
+    scope: Annotated[
+        str | None, typer.Option("--scope", metavar="NAME", show_default=False, help="Only this scope.")
+    ] = None,
     json_mode: JsonOption = False,
 ) -> None:
-    """The append-only charge log, oldest first (read-only)."""
-    with user_errors(json_mode):
-        try:
-            path = _ledger_path(index, ledger)
-        except ValueError as err:
-            raise fail(str(err), json_mode=json_mode) from None
-        with _open_read_only(index, ledger) as book:
-            if scope is not None and scope not in book.scopes():
-                raise fail(
-                    f"scope '{scope}' is not in ledger {path}; see 'dprdm budget show'", json_mode=json_mode
-                )
-            charges = [c.to_dict() for c in book.history(scope)]
-        emit({"ledger": str(path), "charges": charges}, json_mode=json_mode, human=_history_human)
+    """The append-only charge log, oldest first (read-only); times are ISO-8601 UTC in the table and the JSON."""
+    path = _ledger_path(index, ledger)
+    with _open_read_only(index, ledger) as book:
+        if scope is not None and scope not in book.scopes():
+            raise PipelineInputError(f"scope '{scope}' is not in ledger {path}; see 'dprdm budget show'")
+        charges = [_iso_times(c.to_dict()) for c in book.history(scope)]
+    emit({"ledger": str(path), "charges": charges}, json_mode=json_mode, human=_history_human)
 
 
 def _verify_human(report: dict[str, Any]) -> str:
@@ -301,20 +296,18 @@ def _verify_human(report: dict[str, Any]) -> str:
 
 
 @app.command("verify")
-def verify(index: IndexOpt = None, ledger: LedgerOpt = None, json_mode: JsonOption = False) -> None:
+def verify(index: OptionalIndexOption = None, ledger: LedgerOption = None, json_mode: JsonOption = False) -> None:
     """Recompute every scope from the charge log; exit 3 if the ledger is corrupt or tampered with."""
-    with user_errors(json_mode):
-        try:
-            _ledger_path(index, ledger)
-        except ValueError as err:
-            raise fail(str(err), json_mode=json_mode) from None
-        with _open_read_only(index, ledger) as book:
-            report = book.verify().to_dict()
-        emit(report, json_mode=json_mode, human=_verify_human)
+    with _open_read_only(index, ledger) as book:
+        report = book.verify().to_dict()
+    emit(report, json_mode=json_mode, human=_verify_human)
 
 
 # -- plot -------------------------------------------------------------------------------------------------------
-def _curve(status: dict[str, Any], mech: Mechanism) -> tuple[list[int], list[float]]:
+def _curve(status: dict[str, Any], mech: Any) -> tuple[list[int], list[float]]:
+    from accountant import event_rdp
+    from accountant.budget import epsilon_and_order
+
     charged, remaining = status["queries_charged"], status["queries_remaining"]
     end = charged + remaining
     if remaining >= 2**53:  # no practical limit: show a window around the current position
@@ -326,64 +319,51 @@ def _curve(status: dict[str, Any], mech: Mechanism) -> tuple[list[int], list[flo
     return xs, ys
 
 
-def _write_png_atomically(figure: Any, out: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=120)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @app.command("plot")
 def plot(
-    scope: Annotated[str, typer.Option("--scope", help="Scope (shard) to plot.")],
-    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
-    index: IndexOpt = None,
-    ledger: LedgerOpt = None,
+    scope: Annotated[
+        str,
+        typer.Option("--shard", "--scope", metavar="NAME", show_default=False,
+                     help="Shard (its budget scope) to plot; --scope is the same option."),
+    ],
+    out: Annotated[Path, typer.Option("--out", metavar="PNG", show_default=False, help="PNG file to write.")],
+    index: OptionalIndexOption = None,
+    ledger: LedgerOption = None,
     json_mode: JsonOption = False,
 ) -> None:
     """PNG of epsilon spent vs queries for the scope's mechanism up to its budget, current position marked."""
-    with user_errors(json_mode):
-        try:
-            _ledger_path(index, ledger)
-            if not out.parent.is_dir():
-                raise ValueError(f"--out directory {out.parent} does not exist; create it first")
-        except ValueError as err:
-            raise fail(str(err), json_mode=json_mode) from None
-        with _open_read_only(index, ledger) as book:
-            if scope not in book.scopes():
-                raise fail(
-                    f"scope '{scope}' is not in the ledger; see 'dprdm budget show'", json_mode=json_mode
-                )
-            status, mech = book.status(scope).to_dict(), book.mechanism(scope)
-        xs, ys = _curve(status, mech)
+    _ledger_path(index, ledger)
+    if not out.parent.is_dir():
+        raise PipelineInputError(f"--out directory {out.parent} does not exist; create it first")
+    with _open_read_only(index, ledger) as book:
+        if scope not in book.scopes():
+            raise PipelineInputError(f"scope '{scope}' is not in the ledger; see 'dprdm budget show'")
+        status, mech = book.status(scope).to_dict(), book.mechanism(scope)
+    xs, ys = _curve(status, mech)
 
-        from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
+    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
 
-        figure = Figure(figsize=(6.4, 4.0))
-        axes = figure.subplots()
-        axes.plot(xs, ys, color="tab:blue", label="epsilon after n queries (RDP)")
-        axes.axhline(status["epsilon_budget"], color="tab:red", linestyle="--", label="budget")
-        axes.plot([status["queries_charged"]], [status["epsilon_spent"]], "o", color="black", label="now")
-        axes.set_xlabel("queries charged")
-        axes.set_ylabel(f"epsilon at delta={status['delta']:g}")
-        axes.set_title(
-            f"scope '{scope}': k={mech.k}, q={mech.q:g}, sigma={mech.sigma:.4g} (z={mech.noise_multiplier:.4g})"
-        )
-        axes.legend(loc="lower right")
-        figure.tight_layout()
-        _write_png_atomically(figure, out)
-        payload = {
-            "out": str(out),
-            "scope": scope,
-            "queries_charged": status["queries_charged"],
-            "epsilon_spent": status["epsilon_spent"],
-            "epsilon_budget": status["epsilon_budget"],
-            "points": len(xs),
-        }
-        emit(payload, json_mode=json_mode, human=lambda p: f"wrote {p['out']} ({p['points']} points)")
+    figure = Figure(figsize=(6.4, 4.0))
+    axes = figure.subplots()
+    axes.plot(xs, ys, color="tab:blue", label="epsilon after n queries (RDP)")
+    axes.axhline(status["epsilon_budget"], color="tab:red", linestyle="--", label="budget")
+    axes.plot([status["queries_charged"]], [status["epsilon_spent"]], "o", color="black", label="now")
+    axes.set_xlabel("queries charged")
+    axes.set_ylabel(f"epsilon at delta={status['delta']:g}")
+    axes.set_title(
+        f"scope '{scope}': k={mech.k}, q={mech.q:g}, sigma={mech.sigma:.4g} (z={mech.noise_multiplier:.4g})"
+    )
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(out, buffer.getvalue())
+    payload = {
+        "out": str(out),
+        "scope": scope,
+        "queries_charged": status["queries_charged"],
+        "epsilon_spent": status["epsilon_spent"],
+        "epsilon_budget": status["epsilon_budget"],
+        "points": len(xs),
+    }
+    emit(payload, json_mode=json_mode, human=lambda p: f"wrote {p['out']} ({p['points']} points)")

@@ -11,22 +11,17 @@ from typing import Annotated
 
 import typer
 
-from pipeline._cli_common import JsonOption, emit, user_errors
+from pipeline._cli_common import JsonOption, ThreadsOption, emit, make_typer
 
-train_app = typer.Typer(
-    name="train",
-    help="Reproduce the bundled tiny encoder and decoder from scratch on CPU (public data only).",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    pretty_exceptions_enable=False,
-    pretty_exceptions_show_locals=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+train_app = make_typer(
+    name="train", help="Reproduce the bundled tiny encoder and decoder from scratch on CPU (public data only)."
 )
 
-OutOption = Annotated[Path | None, typer.Option("--out", help="Output folder (default: the bundled location).")]
-ThreadsOption = Annotated[int, typer.Option("--threads", min=1, help="torch threads while training.")]
-SeedOption = Annotated[int, typer.Option("--seed", help="Seed of initialisation, batches and noise.")]
+OutOption = Annotated[
+    Path | None,
+    typer.Option("--out", metavar="DIR", show_default=False, help="Output folder (default: the bundled location)."),
+]
+SeedOption = Annotated[int, typer.Option("--seed", metavar="INT", help="Seed of initialisation, batches and noise.")]
 
 
 def _human(report: dict) -> str:
@@ -36,41 +31,47 @@ def _human(report: dict) -> str:
 @train_app.command("encoder")
 def encoder_command(
     out: OutOption = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop early (smoke tests).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", metavar="N", min=1)] = 10,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", metavar="N", min=1, show_default=False, help="Stop early (smoke tests).")
+    ] = None,
     threads: ThreadsOption = 1,
     seed: SeedOption = 0,
     json_mode: JsonOption = False,
 ) -> None:
     """Train the tiny open_clip encoder (local-dir checkpoint, default index/models/tiny-clip)."""
-    with user_errors(json_mode):
-        from pipeline.train.encoder import EncoderSettings, train_encoder
+    from pipeline.train.encoder import EncoderSettings, train_encoder
 
-        settings = EncoderSettings(epochs=epochs, max_steps=max_steps, seed=seed)
-        report = train_encoder(out, settings=settings, num_threads=threads, progress=not json_mode)
+    settings = EncoderSettings(epochs=epochs, max_steps=max_steps, seed=seed)
+    report = train_encoder(out, settings=settings, num_threads=threads, progress=not json_mode)
     emit(report.to_dict(), json_mode=json_mode, human=_human)
 
 
 @train_app.command("decoder")
 def decoder_command(
     out: OutOption = None,
-    encoder: Annotated[Path | None, typer.Option("--encoder", help="open_clip local-dir of the encoder.")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Training steps (default: the shipped run's).")] = None,
+    encoder: Annotated[
+        Path | None,
+        typer.Option("--encoder", metavar="DIR", show_default=False, help="open_clip local-dir of the encoder."),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", metavar="N", min=1, show_default=False, help="Training steps (default: the shipped run's)."),
+    ] = None,
     threads: ThreadsOption = 1,
     seed: SeedOption = 0,
     json_mode: JsonOption = False,
 ) -> None:
     """Train the tiny retrieval-conditioned decoder (default pipeline/models/tiny-decoder)."""
-    with user_errors(json_mode):
-        import dataclasses
+    import dataclasses
 
-        from pipeline.train.decoder import DecoderSettings, train_decoder
+    from pipeline.train.decoder import DecoderSettings, train_decoder
 
-        settings = DecoderSettings(seed=seed)
-        if steps is not None:
-            settings = dataclasses.replace(settings, steps=steps)
-        report = train_decoder(out, encoder_dir=encoder, settings=settings, num_threads=threads,
-                               progress=not json_mode)
+    settings = DecoderSettings(seed=seed)
+    if steps is not None:
+        settings = dataclasses.replace(settings, steps=steps)
+    report = train_decoder(out, encoder_dir=encoder, settings=settings, num_threads=threads,
+                           progress=not json_mode)
     emit(report.to_dict(), json_mode=json_mode, human=_human)
 
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline._files import atomic_write_bytes
 
 SPLIT_PATH = Path(__file__).resolve().parent / "data" / "split.json"
 SPLIT_SEED = 20240321  # DP-RDM's arXiv date; any fixed seed works, the record below is what counts
@@ -116,12 +118,7 @@ def _write_split_record(path: Path, rows: np.ndarray, seed: int) -> None:
         "private_rows": [int(r) for r in rows],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record, fh, indent=None)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(record, indent=None).encode(), mode=0o644)
 
 
 def load_mnist_split(split_path: Path | None = None) -> DigitSplit:
@@ -199,11 +196,7 @@ def write_private_pngs(out_dir: str | os.PathLike, *, split: DigitSplit | None =
     for image, label, row in zip(split.private_images, split.private_labels, split.private_rows, strict=True):
         folder = out / str(int(label))
         folder.mkdir(mode=0o700, exist_ok=True)
-        target = folder / f"{int(row):04d}.png"
-        tmp = target.with_suffix(".png.tmp")
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-            to_pil(image).save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        buffer = io.BytesIO()
+        to_pil(image).save(buffer, format="PNG")
+        atomic_write_bytes(folder / f"{int(row):04d}.png", buffer.getvalue(), mode=0o600)
     return out

@@ -34,15 +34,11 @@ def _step(title: str) -> None:
 
 
 def _dprdm(*args: str) -> None:
-    """Run ``dprdm ARGS`` in this process (the same typer app as the console script); stop on failure."""
+    """Run ``dprdm ARGS`` in this process (the same typer app, the same error lines); stop on failure."""
     from pipeline.cli import app
 
     print("$ dprdm " + shlex.join(args), flush=True)
-    try:
-        code = app(list(args), prog_name="dprdm", standalone_mode=False)  # an Exit comes back as its code
-    except Exception as err:  # a usage error carries its exit code
-        print(f"Error: {err}", file=sys.stderr)
-        code = getattr(err, "exit_code", 1)
+    code = app(list(args), prog_name="dprdm", standalone_mode=False)  # errors come back as their exit code
     if isinstance(code, int) and code != 0:
         sys.exit(code)
 
@@ -51,6 +47,7 @@ def main() -> None:
     """Run the demo end to end (≈ 1–3 minutes on one CPU thread)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import index  # noqa: F401,I001  (first: its torchvision shim must run before diffusers is imported)
     import torch
     from diffusers.utils import logging as diffusers_logging
 
@@ -58,6 +55,8 @@ def main() -> None:
     diffusers_logging.set_verbosity_error()
     start = time.perf_counter()
     index_dir, private_dir, images_dir = OUT / "index", OUT / "private", OUT / "images"
+
+    from pipeline._files import default_ledger
 
     _step("1. the bundled private half as a folder of PNGs")
     from pipeline.data import write_private_pngs
@@ -73,8 +72,8 @@ def main() -> None:
         _dprdm("index", "build", str(private_dir), "--index", str(index_dir), "--threads", "1")
 
     _step("3. privacy budget: epsilon=10 at delta=1e-6 for 1,000 queries")
-    if (index_dir / "budget.sqlite").is_file():
-        print(f"reusing the ledger {index_dir / 'budget.sqlite'}: budgets are never reset")
+    if default_ledger(index_dir).is_file():
+        print(f"reusing the ledger {default_ledger(index_dir)}: budgets are never reset")
     else:
         _dprdm("budget", "init", "--index", str(index_dir), "--epsilon", str(EPSILON), "--delta", str(DELTA),
                "--queries", str(QUERIES), "--k", str(K), "--q", str(Q))
@@ -92,16 +91,10 @@ def _generate_all(index_dir: Path, images_dir: Path) -> Path:
     """One charged query per prompt through the library (models loaded once); returns the 10 × 4 grid path."""
     import torch
 
-    from accountant import Ledger
-    from index import PrivateIndex
-    from pipeline.decoders import TinyDecoder
-    from pipeline.generate import Generator
+    from pipeline.generate import DPRDMPipeline
     from pipeline.outputs import make_grid, save_generation, save_png
-    from pipeline.retrieve import PrivateRetriever
 
-    index = PrivateIndex.open(index_dir)
-    ledger = Ledger(index_dir / "budget.sqlite", create=False)
-    generate = Generator(PrivateRetriever(index, ledger), index.load_encoder(num_threads=1), TinyDecoder.from_pretrained())
+    generate = DPRDMPipeline.from_index_dir(index_dir, threads=1)
     print("$ dprdm generate " + shlex.join([PROMPTS[0], "--index", str(index_dir), "--n-images", str(N_IMAGES),
                                              "--out", str(images_dir)]) + "   # … and the other nine prompts")
     rows = []
@@ -115,14 +108,20 @@ def _generate_all(index_dir: Path, images_dir: Path) -> Path:
     return save_png(make_grid(rows, scale=3), OUT / "demo_grid.png")
 
 
-if __name__ == "__main__":
-    from accountant.errors import AccountantError
-    from index.errors import IndexStoreError
-    from pipeline.errors import PipelineError
+def _run_demo() -> None:
+    """``python -m pipeline.demo``: errors become one line and an exit code in the CLI's one place."""
+    import typer
+
+    from pipeline.cli import errors_to_exit
 
     try:
-        main()
-    except (IndexStoreError, AccountantError, PipelineError) as error:
-        hint = "; 'make clean' starts the demo over on a fresh index" if error.exit_code == 3 else ""
-        print(f"Error: {error}{hint}", file=sys.stderr)
-        sys.exit(error.exit_code)
+        with errors_to_exit(argv=sys.argv[1:]):
+            main()
+    except typer.Exit as stop:  # carries the exit code errors_to_exit chose after printing the one line
+        if stop.exit_code == 3:
+            print("'make clean' starts the demo over on a fresh index", file=sys.stderr)
+        sys.exit(stop.exit_code)
+
+
+if __name__ == "__main__":
+    _run_demo()

@@ -19,3 +19,9 @@ class PrivacyRefusal(PipelineError):
     """The pipeline refuses to run a query (e.g. mismatched mechanisms across shards); nothing was released."""
 
     exit_code = 3
+
+
+class AuditFailed(PipelineError):
+    """``dprdm audit``: the empirical ε lower bound exceeds the claimed ε (or σ = 0 claims none); the report is printed."""
+
+    exit_code = 3

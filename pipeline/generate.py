@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import math
 import numbers
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +23,12 @@ from pipeline.errors import PipelineInputError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from accountant import Receipt, ScopeStatus
+    from accountant import Ledger, Mechanism, Receipt, ScopeStatus
     from index import Encoder
     from pipeline.decoders import Decoder
-    from pipeline.retrieve import PrivateRetriever
+    from pipeline.retrieve import PrivateRelease, PrivateRetriever
 
-__all__ = ["GenerationResult", "Generator", "QueryKind"]
+__all__ = ["DPRDMPipeline", "GenerationResult", "QueryKind"]
 
 MAX_IMAGES = 64
 
@@ -46,26 +48,54 @@ class GenerationResult:
         images (`tuple[PIL.Image.Image, ...]`): ``num_images`` decoded images.
         prompt (`str | None`): the text query (None for an image query).
         query_kind (`QueryKind`): text or image tower.
-        k, q, sigma: the retrieval mechanism of the charged scopes.
+        mechanism (`accountant.Mechanism`): the ``(k, q, sigma)`` of the targeted scopes.
         lambda_ (`float`): mixing weight λ of the noisy retrieval (``c = λ·noisy + (1−λ)·query``).
         steps (`int`), guidance_scale (`float`): decoder settings.
-        charged (`bool`): False only for ``λ = 0``, which reads no private record and costs nothing.
-        receipt (`accountant.Receipt | None`): the committed charge (None when not charged).
-        statuses (`tuple[accountant.ScopeStatus, ...]`): budget of each targeted scope after this query.
+        release (`PrivateRelease | None`): what the private query released (noisy vector, receipt, budgets after
+            the charge); None only for ``λ = 0``, which reads no private record and costs nothing.
+        uncharged_statuses (`tuple[accountant.ScopeStatus, ...]`): the scopes' budgets when nothing was charged
+            (``λ = 0``); empty otherwise (the release holds them).
     """
 
     images: tuple[Image.Image, ...]
     prompt: str | None
     query_kind: QueryKind
-    k: int
-    q: float
-    sigma: float
+    mechanism: Mechanism
     lambda_: float
     steps: int
     guidance_scale: float
-    charged: bool
-    receipt: Receipt | None
-    statuses: tuple[ScopeStatus, ...]
+    release: PrivateRelease | None
+    uncharged_statuses: tuple[ScopeStatus, ...] = ()
+
+    @property
+    def k(self) -> int:
+        """Neighbours averaged per query."""
+        return self.mechanism.k
+
+    @property
+    def q(self) -> float:
+        """Poisson sampling rate of each record."""
+        return self.mechanism.q
+
+    @property
+    def sigma(self) -> float:
+        """Noise standard deviation per coordinate."""
+        return self.mechanism.sigma
+
+    @property
+    def charged(self) -> bool:
+        """False only for ``λ = 0`` (nothing private was read, nothing was charged)."""
+        return self.release is not None
+
+    @property
+    def receipt(self) -> Receipt | None:
+        """The committed charge (None when not charged)."""
+        return None if self.release is None else self.release.receipt
+
+    @property
+    def statuses(self) -> tuple[ScopeStatus, ...]:
+        """Budget of each targeted scope after this query."""
+        return self.uncharged_statuses if self.release is None else self.release.statuses
 
     @property
     def _binding(self) -> ScopeStatus:
@@ -117,11 +147,12 @@ class GenerationResult:
         }
 
 
-class Generator:
+class DPRDMPipeline:
     """Generate images conditioned on a DP retrieval from a private index (DP-RDM).
 
     The privacy guarantee is the retriever's (Poisson-subsampled Gaussian, sensitivity 2/k, add/remove-one,
-    dp-accounting RDP); mixing and decoding are post-processing.
+    dp-accounting RDP); mixing and decoding are post-processing. Build it from its parts, or open everything
+    from an index folder with :meth:`from_index_dir`.
 
     Args:
         retriever (`PrivateRetriever`): charges the ledger and releases the noisy neighbour mean.
@@ -129,7 +160,8 @@ class Generator:
         decoder (`pipeline.decoders.Decoder`): maps ``(B, d)`` conditions to images.
 
     Raises:
-        PipelineInputError: the encoder's dimension differs from the index's.
+        PipelineInputError: the encoder's (or the decoder's condition) width differs from the index's, found
+            here, before any query can be charged.
     """
 
     def __init__(self, retriever: PrivateRetriever, encoder: Encoder, decoder: Decoder) -> None:
@@ -138,9 +170,72 @@ class Generator:
                 f"encoder dimension {encoder.dim} does not match the index dimension {retriever.dim}; "
                 "use the index's own encoder (PrivateIndex.load_encoder())"
             )
+        condition_dim = getattr(decoder, "condition_dim", None)
+        if condition_dim is not None and int(condition_dim) != retriever.dim:
+            raise PipelineInputError(
+                f"decoder condition width {condition_dim} does not match the index dimension {retriever.dim}; "
+                "pass a decoder trained on this index's embedding space (--decoder DIR)"
+            )
         self.retriever = retriever
         self.encoder = encoder
         self.decoder = decoder
+
+    @classmethod
+    def from_index_dir(
+        cls,
+        index_dir: str | os.PathLike[str],
+        *,
+        ledger: Ledger | str | os.PathLike[str] | None = None,
+        decoder: Decoder | str | os.PathLike[str] | None = None,
+        shards: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> DPRDMPipeline:
+        """Open an index, its ledger, its encoder and a decoder, checking everything that can refuse a query.
+
+        Order: the index (manifests, encoder hash), the ledger (must exist: a missing ledger is a refusal, never
+        created here), the targeted shards' scopes and their shared mechanism, then the models. Nothing is
+        charged.
+
+        Args:
+            index_dir (`str | os.PathLike`): folder written by ``dprdm index build``.
+            ledger (`accountant.Ledger | str | os.PathLike`, *optional*): an open ledger or its path; defaults to
+                ``<index_dir>/budget.sqlite``.
+            decoder (`Decoder | str | os.PathLike`, *optional*): a decoder or its folder; None = the bundled one.
+            shards (`Sequence[str]`, *optional*): shards to query; defaults to every shard.
+            threads (`int`, *optional*): torch threads of the encoder.
+
+        Returns:
+            `DPRDMPipeline`
+
+        Raises:
+            PrivacyRefusal: no ledger at the path, a shard without scope, or scopes with different mechanisms.
+            PipelineInputError: unknown shards, or an encoder/decoder width that differs from the index's.
+            index.IndexStoreError, accountant.AccountantError: unreadable or damaged index or ledger.
+        """
+        from accountant import Ledger
+        from index import PrivateIndex
+        from pipeline._files import default_ledger, expand_user
+        from pipeline.errors import PrivacyRefusal
+        from pipeline.retrieve import PrivateRetriever
+
+        index = PrivateIndex.open(expand_user(index_dir))
+        if ledger is None or isinstance(ledger, str | os.PathLike):
+            path = default_ledger(index_dir) if ledger is None else expand_user(ledger)
+            if not path.exists():
+                raise PrivacyRefusal(
+                    f"no budget ledger at {path}; create one with 'dprdm budget init --index DIR' "
+                    "(or pass --ledger PATH)"
+                )
+            ledger = Ledger(path, create=False)
+        retriever = PrivateRetriever(index, ledger, shards=shards)
+        retriever.mechanism()  # refuse missing / mismatched scopes before loading any model
+        encoder = index.load_encoder(num_threads=threads)
+        if decoder is None or isinstance(decoder, str | os.PathLike):
+            # TODO(#15): becomes pipeline.decoders.load_decoder(decoder) (every decoder family) when it lands.
+            from pipeline.decoders import TinyDecoder
+
+            decoder = TinyDecoder.from_pretrained(decoder)
+        return cls(retriever, encoder, decoder)
 
     @torch.no_grad()
     def __call__(
@@ -154,7 +249,7 @@ class Generator:
         guidance_scale: float = 2.0,
         generator: torch.Generator | None = None,
         caller: str | None = None,
-        rng: np.random.Generator | None = None,
+        _rng: np.random.Generator | None = None,
     ) -> GenerationResult:
         """Run one private query and decode ``num_images`` images from it.
 
@@ -168,7 +263,8 @@ class Generator:
             guidance_scale (`float`, *optional*, defaults to 2.0): classifier-free guidance scale.
             generator (`torch.Generator`, *optional*): the decoder's randomness (may be seeded).
             caller (`str`, *optional*): label recorded with the charge.
-            rng (`np.random.Generator`, *optional*): retrieval randomness; None = CSPRNG. Tests only.
+            _rng (`np.random.Generator`, *optional*): TEST HOOK ONLY, not part of the API: a seeded generator for
+                the retrieval's subsample and noise. Production calls leave it out (a fresh OS-CSPRNG generator).
 
         Returns:
             `GenerationResult`
@@ -191,7 +287,9 @@ class Generator:
         # 3. private retrieval: charge first, then subsample/top-k/mean/noise (skipped for λ = 0: no private data)
         release = None
         if lambda_ > 0.0:
-            release = self.retriever.retrieve(query, caller=caller, purpose=f"generate {kind.value} x{num_images}", rng=rng)
+            release = self.retriever.retrieve(
+                query, caller=caller, purpose=f"generate {kind.value} x{num_images}", _rng=_rng
+            )
 
         # 4. mix (post-processing): c = λ·noisy + (1−λ)·query
         condition = (1.0 - lambda_) * query if release is None else lambda_ * release.vector + (1.0 - lambda_) * query
@@ -207,24 +305,19 @@ class Generator:
         )
 
         # 6. result
-        statuses = (
-            release.statuses
-            if release is not None
-            else tuple(self.retriever.ledger.status(shard) for shard in self.retriever.shards)
+        uncharged = () if release is not None else tuple(
+            self.retriever.ledger.status(shard) for shard in self.retriever.shards
         )
         return GenerationResult(
             images=tuple(images),
             prompt=prompt,
             query_kind=kind,
-            k=mechanism.k,
-            q=mechanism.q,
-            sigma=mechanism.sigma,
+            mechanism=mechanism,
             lambda_=float(lambda_),
             steps=steps,
             guidance_scale=float(guidance_scale),
-            charged=release is not None,
-            receipt=None if release is None else release.receipt,
-            statuses=statuses,
+            release=release,
+            uncharged_statuses=uncharged,
         )
 
 

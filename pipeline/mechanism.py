@@ -80,12 +80,15 @@ def poisson_subsample(n: int, q: float, rng: np.random.Generator) -> np.ndarray:
     chunks: list[np.ndarray] = []
     last = -1.0  # position of the last kept record so far
     while True:
-        # Exactly numpy's ``rng.geometric(q)`` for q < 1/3 (inversion: ceil(E / -log1p(-q)), E ~ Exp(1)), the
-        # same draws from the same generator, vectorised instead of one log1p per draw; positions stay float64
-        # (exact below 2**53) until cut at n, so a huge gap (tiny q) never overflows an integer.
+        # Geometric(q) gaps by inversion: floor(E / -log1p(-q)) + 1, E ~ Exp(1). For a continuous E this has
+        # the same distribution as numpy's ceil(E / -log1p(-q)) (they differ only where E/scale is an integer,
+        # a null event), but a draw of exactly E = 0 gives a gap of 1, never 0: positions are strictly
+        # increasing even from a degenerate generator (issue 9). Positions stay float64 (exact below 2**53)
+        # until cut at n, so a huge gap (tiny q) never overflows an integer.
         gaps = rng.standard_exponential(batch)
         np.divide(gaps, scale, out=gaps)
-        np.ceil(gaps, out=gaps)
+        np.floor(gaps, out=gaps)
+        gaps += 1.0
         gaps[0] += last
         positions = np.cumsum(gaps, out=gaps)
         if positions[-1] >= n:
@@ -131,9 +134,12 @@ def aggregate(vectors: np.ndarray, k: int) -> np.ndarray:
     """Return the mean of ``k`` neighbours: the sum of the ≤ ``k`` unit rows of ``vectors`` divided by ``k``.
 
     Fewer than ``k`` rows means the missing neighbours count as zero vectors (the reference code reused the
-    last record instead, which breaks the bound). Rows are projected onto the unit ball, so with each row of
-    norm ≤ 1 adding or removing one record changes the result by at most ``2/k`` in L2 norm (add/remove-one
-    adjacency); the result is not private until :func:`privatize` adds noise.
+    last record instead, which breaks the bound). Every row is clipped onto the unit ball (``row / max(1,
+    ‖row‖)``), so whatever the stored rows hold, adding or removing one record changes the result by at most
+    ``2/k`` in L2 norm (add/remove-one adjacency); the result is not private until :func:`privatize` adds
+    noise. Rows are never refused for their values: this runs after the charge, and an error that depends on
+    the private rows would itself leak (issue 9); only shape errors, which depend on public sizes, raise. A
+    non-finite row (which the index refuses at write and load time) is replaced by a zero row.
 
     Args:
         vectors (`np.ndarray`): ``(m, d)`` accepted neighbour embeddings, ``m ≤ k``, each of unit norm.
@@ -143,7 +149,7 @@ def aggregate(vectors: np.ndarray, k: int) -> np.ndarray:
         `np.ndarray`: float32 vector of shape ``(d,)``, norm ≤ 1.
 
     Raises:
-        PipelineInputError: not a 2-D finite array, more than ``k`` rows, or a row of norm above 1.
+        PipelineInputError: not a 2-D array, or more than ``k`` rows (shape errors only).
     """
     k = _check_k(k)
     rows = np.asarray(vectors, dtype=np.float64)
@@ -151,15 +157,9 @@ def aggregate(vectors: np.ndarray, k: int) -> np.ndarray:
         raise PipelineInputError(f"vectors must be a 2-D (m, d) array; found shape {rows.shape}; pass one row per neighbour")
     if rows.shape[0] > k:
         raise PipelineInputError(f"vectors must have at most k={k} rows; found {rows.shape[0]}; pass only the k accepted neighbours")
-    if not np.isfinite(rows).all():
-        raise PipelineInputError("vectors must be finite; found NaN or inf; rebuild the index from valid embeddings")
+    rows = np.where(np.isfinite(rows).all(axis=1, keepdims=True), rows, 0.0)
     norms = np.linalg.norm(rows, axis=1)
-    if rows.shape[0] and norms.max() > 1.0 + _UNIT_TOLERANCE:
-        raise PipelineInputError(
-            f"neighbour embeddings must have unit norm; found a norm of {norms.max():.4f}; rebuild the index with normalised embeddings"
-        )
-    # Project the float round-off back onto the unit ball so the 2/k bound holds exactly.
-    rows = rows / np.maximum(norms, 1.0)[:, None]
+    rows = rows / np.maximum(norms, 1.0)[:, None]  # clip onto the unit ball: the 2/k bound holds for any row
     return (rows.sum(axis=0) / k).astype(np.float32)
 
 
@@ -302,46 +302,48 @@ def _check_query(query: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(vector)
 
 
-def _check_k(k: int) -> int:
-    if isinstance(k, bool):
-        raise PipelineInputError(f"k must be an integer ≥ 1; found {k!r}; pass the scope's k")
+def _check_integer(value: int, *, name: str, minimum: int, fix: str) -> int:
+    """``value`` as an int ``>= minimum`` (bools refused), else a one-line PipelineInputError."""
+    must = f"{name} must be an integer ≥ {minimum}" if minimum else f"{name} must be a non-negative integer"
+    if isinstance(value, bool):
+        raise PipelineInputError(f"{must}; found {value!r}; {fix}")
     try:
-        k = operator.index(k)
+        value = operator.index(value)
     except TypeError:
-        raise PipelineInputError(f"k must be an integer ≥ 1; found {k!r}; pass the scope's k") from None
-    if k < 1:
-        raise PipelineInputError(f"k must be an integer ≥ 1; found {k}; pass the scope's k")
-    return k
+        raise PipelineInputError(f"{must}; found {value!r}; {fix}") from None
+    if value < minimum:
+        raise PipelineInputError(f"{must}; found {value}; {fix}")
+    return value
+
+
+def _check_real(value: float, *, name: str, valid, must: str, fix: str) -> float:
+    """``value`` as a float for which ``valid`` holds, else a one-line PipelineInputError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PipelineInputError(f"{name} must be {must}; found {value!r}; {fix}") from None
+    if not valid(number):
+        raise PipelineInputError(f"{name} must be {must}; found {number}; {fix}")
+    return number
+
+
+def _check_k(k: int) -> int:
+    return _check_integer(k, name="k", minimum=1, fix="pass the scope's k")
 
 
 def _check_count(n: int) -> int:
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise PipelineInputError(f"n must be a non-negative integer; found {n!r}; pass the number of records") from None
-    if n < 0:
-        raise PipelineInputError(f"n must be a non-negative integer; found {n}; pass the number of records")
-    return n
+    return _check_integer(n, name="n", minimum=0, fix="pass the number of records")
 
 
 def _check_rate(q: float) -> float:
-    try:
-        q = float(q)
-    except (TypeError, ValueError):
-        raise PipelineInputError(f"q must be a probability in (0, 1]; found {q!r}; pass the scope's q") from None
-    if not (0.0 < q <= 1.0):
-        raise PipelineInputError(f"q must be a probability in (0, 1]; found {q}; pass the scope's q")
-    return q
+    return _check_real(q, name="q", valid=lambda x: 0.0 < x <= 1.0, must="a probability in (0, 1]", fix="pass the scope's q")
 
 
 def _check_sigma(sigma: float) -> float:
-    try:
-        sigma = float(sigma)
-    except (TypeError, ValueError):
-        raise PipelineInputError(f"sigma must be a finite number ≥ 0; found {sigma!r}; pass the scope's sigma") from None
-    if not (math.isfinite(sigma) and sigma >= 0.0):
-        raise PipelineInputError(f"sigma must be a finite number ≥ 0; found {sigma}; pass the scope's sigma")
-    return sigma
+    return _check_real(
+        sigma, name="sigma", valid=lambda x: math.isfinite(x) and x >= 0.0, must="a finite number ≥ 0",
+        fix="pass the scope's sigma",
+    )  # fmt: skip
 
 
 def _check_rng(rng: np.random.Generator) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from pipeline._files import atomic_write_bytes
 from pipeline.errors import PipelineInputError
 
 if TYPE_CHECKING:
     from pipeline.generate import GenerationResult
 
-__all__ = ["SavedGeneration", "atomic_write_bytes", "make_grid", "save_generation", "save_png"]
+__all__ = ["SavedGeneration", "make_grid", "save_generation", "save_png"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,26 +45,6 @@ class SavedGeneration:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON form (paths as strings)."""
         return {"images": [str(path) for path in self.images], "grid": str(self.grid), "record": str(self.record)}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and ``os.replace``."""
-    path = Path(path)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save_png(image: Image.Image, path: Path) -> Path:

@@ -139,7 +139,7 @@ class PrivateRetriever:
         *,
         caller: str | None = None,
         purpose: str | None = None,
-        rng: np.random.Generator | None = None,
+        _rng: np.random.Generator | None = None,
     ) -> PrivateRelease:
         """Charge one query to every targeted scope, then release the noisy mean of the private neighbours.
 
@@ -147,8 +147,9 @@ class PrivateRetriever:
             query (`np.ndarray`): unit query embedding ``(d,)`` from the index's encoder.
             caller (`str`, *optional*): label recorded with the charge.
             purpose (`str`, *optional*): label recorded with the charge.
-            rng (`np.random.Generator`, *optional*): randomness of the subsample and the noise; defaults to a fresh
-                :func:`pipeline.mechanism.secure_rng`. Pass a seeded one only in tests.
+            _rng (`np.random.Generator`, *optional*): TEST HOOK ONLY, not part of the API: a seeded generator for
+                the subsample and the noise. Left out, every query draws from a fresh
+                :func:`pipeline.mechanism.secure_rng` (OS CSPRNG).
 
         Returns:
             `PrivateRelease`: the noisy vector and the committed receipt.
@@ -169,7 +170,7 @@ class PrivateRetriever:
         # 3. charge: one transaction over every targeted scope; an exception here releases nothing
         receipt = self.ledger.charge(list(self.shards), caller=caller, purpose=purpose)
         # 4. fresh Poisson subsample of every shard, exact top-k of the union
-        rng = secure_rng() if rng is None else rng
+        rng = secure_rng() if _rng is None else _rng
         neighbours = self._neighbours(vector, mechanism.k, mechanism.q, rng)
         # 5. zero-padded mean, then Gaussian noise
         noisy = privatize(aggregate(neighbours, mechanism.k), mechanism.sigma, rng)

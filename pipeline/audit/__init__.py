@@ -1,19 +1,9 @@
-"""Privacy audit of the DP retrieval mechanism: canary membership inference → empirical ε lower bound."""
+"""Privacy audit of the DP retrieval mechanism: canary membership inference → empirical ε lower bound.
 
-from pipeline.audit.run import AuditReport, run_audit, synthetic_embeddings
-from pipeline.audit.stats import (
-    best_threshold,
-    clopper_pearson_lower,
-    clopper_pearson_upper,
-    epsilon_lower_bound,
-)
+Public: :func:`run_audit` and its :class:`AuditReport`. The statistics (Clopper–Pearson bounds, threshold choice)
+live in :mod:`pipeline.audit.stats`, the synthetic default data in :mod:`pipeline.audit.run`.
+"""
 
-__all__ = [
-    "AuditReport",
-    "run_audit",
-    "synthetic_embeddings",
-    "best_threshold",
-    "clopper_pearson_lower",
-    "clopper_pearson_upper",
-    "epsilon_lower_bound",
-]
+from pipeline.audit.run import AuditReport, run_audit
+
+__all__ = ["AuditReport", "run_audit"]

@@ -12,7 +12,7 @@ Procedure (Jagielski et al. 2020, arXiv 2006.07709; Nasr et al. 2021, arXiv 2101
 4. Clopper–Pearson turns the rates into ε_lb at confidence 1 − α (:mod:`pipeline.audit.stats`).
 
 Randomness: the mechanism uses ``pipeline.mechanism.secure_rng()`` (OS CSPRNG) unless a seeded ``rng``
-is passed — tests do that, the CLI never does. The attack side (orthogonal canary candidate,
+is passed as the test-only hook ``_rng`` — tests do that, the CLI never does. The attack side (orthogonal canary candidate,
 synthetic default data) uses ``attack_seed``. The audit releases only rates and bounds, never scores,
 ids or aggregates.
 """
@@ -49,7 +49,7 @@ class AuditReport:
         evaluation_trials: runs per world that measured the rates (the rest chose the threshold).
         fpr, fnr: observed rates of the fixed test on the evaluation runs.
         fpr_upper, fnr_upper: their one-sided Clopper–Pearson upper bounds (α/2 each).
-        records, dim: size of D.
+        records, dim: size of D (the CLI withholds ``records`` when D is a private shard).
         canary: how the canary was built.
         mechanism_rng: "secure" (OS CSPRNG) or "seeded" (tests only).
         seconds: wall time of the audit.
@@ -100,7 +100,7 @@ def run_audit(
     sigma: float,
     delta: float,
     trials: int,
-    rng: np.random.Generator | None = None,
+    _rng: np.random.Generator | None = None,
     embeddings: np.ndarray | None = None,
     queries: int = 1,
     confidence: float = 0.95,
@@ -113,7 +113,8 @@ def run_audit(
         k, q, sigma: the mechanism audited (neighbours, Poisson rate, noise std per coordinate).
         delta: δ of the claim; ε_lb is computed at this δ.
         trials: mechanism runs on each of the two datasets (≥ 4; a few thousand take seconds).
-        rng: mechanism randomness. None → OS CSPRNG; a seeded generator only in tests.
+        _rng: TEST HOOK ONLY, not part of the API: a seeded mechanism generator; left out, the mechanism
+            draws from the OS CSPRNG (:func:`pipeline.mechanism.secure_rng`).
         embeddings: D as (n, d) rows (re-normalised to unit norm); None → :func:`synthetic_embeddings`.
         queries: T for the second claim (the scope's planned number of queries).
         confidence: 1 − α of the lower bound.
@@ -138,7 +139,7 @@ def run_audit(
     attack_rng = np.random.default_rng(attack_seed)
     data = unit_rows(synthetic_embeddings(seed=attack_seed) if embeddings is None else embeddings)
     canary = choose_canary(data, k=k, q=q, rng=attack_rng)
-    mech_rng = mechanism.secure_rng() if rng is None else rng
+    mech_rng = mechanism.secure_rng() if _rng is None else _rng
     noise = sigma if mechanism_sigma is None else mechanism_sigma
 
     with_canary = np.vstack([data, canary.vector[None, :]])
@@ -174,7 +175,7 @@ def run_audit(
         records=int(data.shape[0]),
         dim=int(data.shape[1]),
         canary=canary.kind,
-        mechanism_rng="secure" if rng is None else "seeded",
+        mechanism_rng="secure" if _rng is None else "seeded",
         seconds=time.perf_counter() - started,
         passed=math.isfinite(claim_one) and bound <= claim_one,
     )

@@ -1,5 +1,8 @@
 """Read an audit's inputs from a built index: the shard's embeddings and its ledger scope's (k, q, σ, δ).
 
+Operator-only: reading the shard's rows needs direct read access to the index files (the data owner's); the
+audit that uses them is uncharged and its output is never for analysts (see :mod:`pipeline.cli_audit`).
+
 Read-only: the ledger is opened with ``read_only=True`` (never created, never charged) and the index with
 ``PrivateIndex.open`` (which verifies manifests and sizes). Scopes are named after shards
 (see :mod:`pipeline.retrieve`).
@@ -12,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline._files import default_ledger, expand_user
 from pipeline.errors import PipelineInputError
 
-__all__ = ["LEDGER_NAME", "scope_and_embeddings"]
-
-LEDGER_NAME = "budget.sqlite"
+__all__ = ["scope_and_embeddings"]
 
 
 def scope_and_embeddings(index_dir: str | Path, shard: str | None) -> tuple[dict[str, Any], np.ndarray]:
@@ -36,12 +38,7 @@ def scope_and_embeddings(index_dir: str | Path, shard: str | None) -> tuple[dict
     from accountant import Ledger
     from index import PrivateIndex
 
-    try:
-        directory = Path(index_dir).expanduser()
-    except RuntimeError:  # "~name" with no such user
-        raise PipelineInputError(
-            f"--index '{index_dir}': no such user's home directory; pass a real path"
-        ) from None
+    directory = expand_user(index_dir)
     if not directory.is_dir():
         raise PipelineInputError(
             f"--index '{directory}' is not a directory; pass the directory of 'dprdm index build'"
@@ -56,7 +53,7 @@ def scope_and_embeddings(index_dir: str | Path, shard: str | None) -> tuple[dict
         raise PipelineInputError(
             f"unknown shard {shard!r}; the index has {names}; pass one of them with --shard"
         )
-    with Ledger(directory / LEDGER_NAME, create=False, read_only=True) as ledger:
+    with Ledger(default_ledger(directory), create=False, read_only=True) as ledger:
         status = ledger.status(shard)
     scope = {
         "k": int(status.k),

@@ -1,43 +1,34 @@
-"""Atomic file writes and the seeded-RNG scope shared by the training scripts."""
+"""Atomic writes of the training outputs (through the pipeline's one atomic write) and the seeded-RNG scope."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline._files import atomic_write_bytes
+
+SHIPPED_MODE = 0o644  # bundled model files are readable by everyone (they hold public-data models only)
+
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON through a temp file + fsync + os.replace."""
+    """Write ``payload`` as indented, key-sorted JSON, atomically (folders created as needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, text.encode(), mode=SHIPPED_MODE)
 
 
 def save_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Save contiguous CPU copies of ``tensors`` as safetensors, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    atomic_write_bytes(path, data, mode=SHIPPED_MODE)
 
 
 @contextlib.contextmanager

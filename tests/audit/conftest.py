@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.audit import synthetic_embeddings
+from pipeline.audit.run import synthetic_embeddings
 
 
 @pytest.fixture

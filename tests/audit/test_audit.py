@@ -18,7 +18,7 @@ TRIALS = 400  # per world; 200 of them evaluate the test: the best possible boun
 
 def test_sigma_zero_is_caught(embeddings, mechanism_rng):
     report = run_audit(
-        k=5, q=1.0, sigma=0.0, delta=1e-5, trials=TRIALS, rng=mechanism_rng, embeddings=embeddings
+        k=5, q=1.0, sigma=0.0, delta=1e-5, trials=TRIALS, _rng=mechanism_rng, embeddings=embeddings
     )
     assert math.isinf(report.claimed_epsilon)
     assert report.empirical_epsilon_lower_bound > 3.0
@@ -34,7 +34,7 @@ def test_forgotten_noise_exceeds_the_claim(embeddings, mechanism_rng):
         sigma=1.0,
         delta=1e-5,
         trials=TRIALS,
-        rng=mechanism_rng,
+        _rng=mechanism_rng,
         embeddings=embeddings,
         mechanism_sigma=0.0,
     )
@@ -46,7 +46,7 @@ def test_forgotten_noise_exceeds_the_claim(embeddings, mechanism_rng):
 def test_subsampled_sigma_zero_still_leaks(embeddings, mechanism_rng):
     # q = 0.5: the canary is missed half the time, but every hit is certain: FPR ≈ 0 bounds ε ≥ log(0.5/FPR).
     report = run_audit(
-        k=5, q=0.5, sigma=0.0, delta=1e-5, trials=TRIALS, rng=mechanism_rng, embeddings=embeddings
+        k=5, q=0.5, sigma=0.0, delta=1e-5, trials=TRIALS, _rng=mechanism_rng, embeddings=embeddings
     )
     assert report.empirical_epsilon_lower_bound > 2.0
     assert 0.3 < report.fnr < 0.7
@@ -60,7 +60,7 @@ def test_subsampled_sigma_zero_still_leaks(embeddings, mechanism_rng):
 )
 def test_calibrated_noise_passes(embeddings, mechanism_rng, k, q, sigma, claim):
     report = run_audit(
-        k=k, q=q, sigma=sigma, delta=1e-5, trials=TRIALS, rng=mechanism_rng, embeddings=embeddings
+        k=k, q=q, sigma=sigma, delta=1e-5, trials=TRIALS, _rng=mechanism_rng, embeddings=embeddings
     )
     if claim is not None:  # plain Gaussian z = kσ/2 at δ = 1e-5: notes/accounting.md §2 G2 and G6
         assert report.claimed_epsilon == pytest.approx(claim, rel=1e-6)
@@ -72,7 +72,7 @@ def test_calibrated_noise_passes(embeddings, mechanism_rng, k, q, sigma, claim):
 def test_sigma_calibrated_by_the_accountant_passes_and_its_absence_fails(embeddings, q):
     sigma = calibrate_sigma(k=8, q=q, queries=1, epsilon=1.0, delta=1e-5)
     honest = run_audit(
-        k=8, q=q, sigma=sigma, delta=1e-5, trials=TRIALS, rng=np.random.default_rng(11), embeddings=embeddings
+        k=8, q=q, sigma=sigma, delta=1e-5, trials=TRIALS, _rng=np.random.default_rng(11), embeddings=embeddings
     )
     assert honest.claimed_epsilon == pytest.approx(1.0, abs=1e-3)
     assert honest.passed and honest.empirical_epsilon_lower_bound <= honest.claimed_epsilon
@@ -82,7 +82,7 @@ def test_sigma_calibrated_by_the_accountant_passes_and_its_absence_fails(embeddi
         sigma=sigma,
         delta=1e-5,
         trials=TRIALS,
-        rng=np.random.default_rng(11),
+        _rng=np.random.default_rng(11),
         embeddings=embeddings,
         mechanism_sigma=0.0,
     )
@@ -92,7 +92,7 @@ def test_sigma_calibrated_by_the_accountant_passes_and_its_absence_fails(embeddi
 
 def test_t_query_claim_grows_with_queries(embeddings, mechanism_rng):
     report = run_audit(
-        k=10, q=0.1, sigma=0.5, delta=1e-6, trials=8, rng=mechanism_rng, embeddings=embeddings, queries=1000
+        k=10, q=0.1, sigma=0.5, delta=1e-6, trials=8, _rng=mechanism_rng, embeddings=embeddings, queries=1000
     )
     assert report.queries == 1000
     assert report.claimed_epsilon_queries > report.claimed_epsilon > 0
@@ -122,16 +122,16 @@ def test_report_is_json_and_names_its_randomness(embeddings):
 
 def test_same_seed_same_report(embeddings):
     first = run_audit(
-        k=5, q=0.5, sigma=0.1, delta=1e-5, trials=50, rng=np.random.default_rng(3), embeddings=embeddings
+        k=5, q=0.5, sigma=0.1, delta=1e-5, trials=50, _rng=np.random.default_rng(3), embeddings=embeddings
     )
     again = run_audit(
-        k=5, q=0.5, sigma=0.1, delta=1e-5, trials=50, rng=np.random.default_rng(3), embeddings=embeddings
+        k=5, q=0.5, sigma=0.1, delta=1e-5, trials=50, _rng=np.random.default_rng(3), embeddings=embeddings
     )
     assert first.to_dict() | {"seconds": 0} == again.to_dict() | {"seconds": 0}
 
 
 def test_default_data_is_synthetic():
-    report = run_audit(k=5, q=1.0, sigma=0.0, delta=1e-5, trials=8, rng=np.random.default_rng(0))
+    report = run_audit(k=5, q=1.0, sigma=0.0, delta=1e-5, trials=8, _rng=np.random.default_rng(0))
     assert (report.records, report.dim) == (1000, 64)
 
 

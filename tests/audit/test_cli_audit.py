@@ -122,7 +122,10 @@ def test_index_audit_reads_the_scope_and_changes_nothing(audited_index):
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     assert (payload["k"], payload["q"], payload["sigma"], payload["delta"]) == (3, 1.0, 2.0, 1e-3)
-    assert payload["records"] == 12 and payload["dim"] == 16
+    # operator-only (issue 9): the private shard's size N is withheld, the output says who it is for
+    assert payload["records"] is None and payload["dim"] == 16
+    assert payload["operator_only"] is True and "operator-only" in payload["note"]
+    assert "12" not in json.dumps({key: value for key, value in payload.items() if key != "seconds"})
     assert payload["queries"] > 1  # the scope's plan: charged + remaining
     assert payload["claimed_epsilon_queries"] <= 8.0 < payload["claimed_epsilon_queries"] + 1.0
     assert ledger.read_bytes() == before
@@ -161,3 +164,15 @@ def test_index_audit_without_ledger_fails_closed(audited_index, tmp_path):
     result = _audit("--index", str(copy), "--trials", "20")
     assert result.exit_code == 3
     assert result.stderr.count("\n") == 1 and not (copy / "budget.sqlite").exists()
+
+
+def test_index_audit_is_labelled_operator_only_in_help_and_output(audited_index):
+    """Issue 9: the uncharged run on the private shard is an operator-only check, in --help and in the output."""
+    help_text = " ".join(_audit("--help").stdout.split())
+    assert "OPERATOR-ONLY" in help_text and "direct read access to the index files" in help_text
+    result = _audit("--index", str(audited_index), "--trials", "20")
+    assert result.exit_code == 0, result.stderr
+    assert "operator-only check" in result.stdout and "size withheld" in result.stdout
+    assert "12 records" not in result.stdout
+    synthetic = _audit("--k", "10", "--q", "1", "--sigma", "1.0", "--trials", "20", "--json")
+    assert json.loads(synthetic.stdout)["records"] == 1000 and "operator_only" not in json.loads(synthetic.stdout)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from pipeline.audit import (
+from pipeline.audit.stats import (
     best_threshold,
     clopper_pearson_lower,
     clopper_pearson_upper,

@@ -26,7 +26,7 @@ RUNNER = CliRunner()
         (["budget", "init", "--k", "abc"], "Invalid value for '--k'"),
         (["budget", "plan", "--q", "half"], "Invalid value for '--q'"),
         (["budget", "show", "--bogus"], "No such option: --bogus"),
-        (["budget", "plot", "--ledger", "x.sqlite"], "Missing option '--scope'"),
+        (["budget", "plot", "--ledger", "x.sqlite"], "Missing option '--shard'"),
         (["audit", "--trials", "many"], "Invalid value for '--trials'"),
         (["generate", "a digit", "--n-images", "two"], "Invalid value for '--n-images'"),
         (["index", "info", "--index"], "requires an argument"),

@@ -1,4 +1,4 @@
-"""Generator: one charged query per call, shared by all its images; λ = 0 reads nothing private."""
+"""DPRDMPipeline: one charged query per call, shared by all its images; λ = 0 reads nothing private."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from index import PrivateIndex
-from pipeline import GenerationResult, Generator, PrivateRetriever, QueryKind, save_generation
+from pipeline import DPRDMPipeline, GenerationResult, PrivateRetriever, QueryKind, save_generation
 from pipeline.errors import PipelineInputError
 
 SCOPE = {"k": 5, "q": 0.2, "sigma": 0.5, "epsilon": 10.0}
@@ -19,7 +19,7 @@ SCOPE = {"k": 5, "q": 0.2, "sigma": 0.5, "epsilon": 10.0}
 @pytest.fixture()
 def setup(index_dir: Path, make_ledger, encoder, decoder):
     ledger = make_ledger(default=SCOPE)
-    return Generator(PrivateRetriever(PrivateIndex.open(index_dir), ledger), encoder, decoder), ledger
+    return DPRDMPipeline(PrivateRetriever(PrivateIndex.open(index_dir), ledger), encoder, decoder), ledger
 
 
 def test_all_images_of_one_call_share_one_charge(setup) -> None:
@@ -85,7 +85,7 @@ def test_encoder_of_another_dimension_is_refused(index_dir: Path, make_ledger, d
         dim = index.dim + 1
 
     with pytest.raises(PipelineInputError, match="encoder dimension"):
-        Generator(PrivateRetriever(index, make_ledger(default=SCOPE)), Wide(), decoder)
+        DPRDMPipeline(PrivateRetriever(index, make_ledger(default=SCOPE)), Wide(), decoder)
 
 
 def test_saved_generation_has_pngs_a_grid_and_a_public_record(setup, tmp_path: Path) -> None:
@@ -97,3 +97,57 @@ def test_saved_generation_has_pngs_a_grid_and_a_public_record(setup, tmp_path: P
     text = saved.record.read_text()
     for word in ("prompt", "epsilon_spent", "queries_remaining", '"k"', '"q"', '"sigma"', '"lambda"'):
         assert word in text
+
+
+def test_result_holds_the_release_instead_of_copying_it(setup) -> None:
+    from pipeline import PrivateRelease
+
+    generate, ledger = setup
+    result = generate("a handwritten digit 3", num_images=1, steps=1)
+    assert isinstance(result.release, PrivateRelease)
+    assert result.receipt is result.release.receipt and result.statuses is result.release.statuses
+    assert (result.k, result.q, result.sigma) == (result.release.k, result.release.q, result.release.sigma)
+    assert result.to_dict()["scopes"]["default"]["queries_charged"] == 1
+
+
+def test_decoder_of_another_condition_width_is_refused_before_any_charge(index_dir: Path, make_ledger, encoder,
+                                                                         decoder) -> None:
+    """Issue 10: a decoder whose condition width differs from the index's costs nothing (refused at construction)."""
+    ledger = make_ledger(default=SCOPE)
+
+    class WideDecoder:
+        condition_dim = encoder.dim + 3
+
+        def generate(self, *args, **kwargs):  # pragma: no cover - never reached
+            raise AssertionError("decoded after a refused construction")
+
+    with pytest.raises(PipelineInputError, match="decoder condition width"):
+        DPRDMPipeline(PrivateRetriever(PrivateIndex.open(index_dir), ledger), encoder, WideDecoder())
+    assert ledger.history() == []
+
+
+def test_from_index_dir_wires_index_ledger_encoder_and_decoder(private_copy: Path, make_ledger, decoder_dir) -> None:
+    from pipeline import PrivacyRefusal
+
+    with pytest.raises(PrivacyRefusal, match="no budget ledger at .*dprdm budget init"):
+        DPRDMPipeline.from_index_dir(private_copy, decoder=decoder_dir)
+    assert not (private_copy / "budget.sqlite").exists()  # a missing ledger is never created
+    make_ledger(private_copy / "budget.sqlite", default=SCOPE)
+    pipe = DPRDMPipeline.from_index_dir(private_copy, decoder=decoder_dir, shards=["default"], threads=1)
+    assert pipe.retriever.shards == ("default",) and pipe.encoder.dim == pipe.retriever.dim
+    result = pipe("a handwritten digit 2", num_images=1, steps=1)
+    assert result.charged and result.queries_remaining >= 1
+    with pytest.raises(PipelineInputError, match="unknown shard 'nope'"):
+        DPRDMPipeline.from_index_dir(private_copy, decoder=decoder_dir, shards=["nope"])
+
+
+def test_public_api_is_the_readmes() -> None:
+    import pipeline
+
+    assert sorted(pipeline.__all__) == sorted([
+        "DPRDMPipeline", "GenerationResult", "PipelineError", "PipelineInputError", "PrivacyRefusal",
+        "PrivateRelease", "PrivateRetriever", "QueryKind", "SavedGeneration", "save_generation",
+    ])  # fmt: skip
+    assert not hasattr(pipeline, "Generator")  # renamed, no alias (collided with torch/np Generator)
+    for name in pipeline.__all__:
+        assert getattr(pipeline, name) is not None

@@ -58,7 +58,7 @@ def test_release_equals_the_mechanism_on_the_union_of_shards(encoder, two_shard_
     index = PrivateIndex.open(two_shard_dir)
     ledger = make_ledger(low=_scope(20), high=_scope(20))
     query = _query(encoder, "a handwritten digit 4")
-    release = PrivateRetriever(index, ledger, shards=["low", "high"]).retrieve(query, rng=np.random.default_rng(7))
+    release = PrivateRetriever(index, ledger, shards=["low", "high"]).retrieve(query, _rng=np.random.default_rng(7))
     rng = np.random.default_rng(7)
     kept = []
     for name in ("low", "high"):
@@ -81,7 +81,7 @@ def test_budget_exceeded_retrieves_nothing(encoder, index_dir: Path, make_ledger
     rng = np.random.default_rng(0)
     state = rng.bit_generator.state
     with pytest.raises(BudgetExceeded, match="budget"):
-        retriever.retrieve(query, rng=rng)
+        retriever.retrieve(query, _rng=rng)
     assert rng.bit_generator.state == state, "records were subsampled after a refused charge"
     assert len(ledger.history("default")) == 2
 

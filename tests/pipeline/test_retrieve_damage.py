@@ -32,7 +32,7 @@ def test_damaged_shard_is_refused_with_nothing_charged(
     retriever = PrivateRetriever(index, ledger, shards=["low", "high"])
     query = encoder.encode_text(["a handwritten digit 7"])[0]
     with pytest.raises(IndexCorruptError, match="checksum mismatch") as err:
-        retriever.retrieve(query, rng=np.random.default_rng(0))
+        retriever.retrieve(query, _rng=np.random.default_rng(0))
     assert err.value.exit_code == 3 and "\n" not in str(err.value)
     assert ledger.history() == []
     assert [ledger.status(scope).queries_charged for scope in ("low", "high")] == [0, 0]
