@@ -39,10 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from index import DEFAULT_MODEL_DIR, PrivateIndex, build_index  # noqa: E402
 from index.build import _new_manifest  # noqa: E402
-from index.private_index import commit  # noqa: E402
+from index.commit import commit  # noqa: E402
 from index.safety import IndexKind  # noqa: E402
 from index.shard import ShardContent  # noqa: E402
-from index.store import MetadataRow, make_private_dir, utc_now  # noqa: E402
+from index.fs import make_private_dir  # noqa: E402
+from index.store import MetadataRow, utc_now  # noqa: E402
 
 D, K = 512, 10
 SIZES = (10_000, 100_000, 1_000_000)
