@@ -25,6 +25,14 @@ def _ok_json(result) -> dict:
     return json.loads(result.stdout)
 
 
+_NEEDS_CLI = pytest.mark.xfail(
+    strict=True,
+    reason="pipeline/cli_index.py must be wired to the new index API (lead): info() has no 'skipped' list "
+    "(only build prints it), remove() returns a RemoveReport",
+)
+
+
+@_NEEDS_CLI
 def test_build_add_remove_info_json(tmp_path: Path, tiny_model: str, messy_corpus) -> None:
     folder, _ = messy_corpus
     ix = tmp_path / "ix"
@@ -34,11 +42,12 @@ def test_build_add_remove_info_json(tmp_path: Path, tiny_model: str, messy_corpu
     assert {"records", "dim", "index_type", "shards", "skipped"} <= set(built)
     assert built["dim"] == 16 and built["index_type"] == "flat" and built["records"] > 0
     assert all(set(s) >= {"source", "reason"} for s in built["skipped"]) and built["skipped"]
-    assert _ok_json(_run("info", "--index", ix, "--json")) == built == PrivateIndex.open(ix).info()
+    info = _ok_json(_run("info", "--index", ix, "--json"))
+    assert info == {k: v for k, v in built.items() if k != "skipped"} == PrivateIndex.open(ix).info()
 
     write_good_images(tmp_path / "extra", 3, start=50)
     added = _ok_json(_run("add", tmp_path / "extra", "--index", ix, "--shard", "extra", "--json"))
-    assert added["shards"]["extra"] == {"records": 3, "skipped": 0}
+    assert added["shards"]["extra"] == {"records": 3, "skipped": 0, "empty": False}
     assert added["records"] == built["records"] + 3
 
     victim = content_id(noise_image(51))
@@ -46,8 +55,12 @@ def test_build_add_remove_info_json(tmp_path: Path, tiny_model: str, messy_corpu
     assert removed["removed"] == 1 and removed["records"] == built["records"] + 2
     removed = _ok_json(_run("remove", "--index", ix, "--source", tmp_path / "extra", "--json"))
     assert removed["removed"] == 2 and removed["shards"]["extra"]["records"] == 0
+    assert removed["unmatched_ids"] == [] and removed["unmatched_sources"] == []
+    nothing = _run("remove", "--index", ix, "--id", "7")
+    assert nothing.exit_code == 2 and "no record matches --id 7" in nothing.stderr
 
 
+@_NEEDS_CLI
 def test_human_output(tmp_path: Path, tiny_model: str, corpus: Path) -> None:
     result = _run("build", corpus, "--index", tmp_path / "ix", "--model", tiny_model)
     assert result.exit_code == 0 and "24 records, dim 16, index type flat" in result.stdout
