@@ -50,9 +50,7 @@ class BuildReport:
         encoded: images run through the encoder in this call (resumed ones are not re-encoded).
         reused: records whose embedding came from a checkpoint or the existing shard.
         duplicates: exact duplicates not stored again (within the source, the shard or other shards).
-        skipped: inputs skipped in this call.
-        skipped_inputs: every skipped input of the shard with its reason (``{"source", "reason"}``); only the
-            build report lists them, ``info()`` keeps the count per shard.
+        skipped: inputs skipped in this call (the list, with reasons, is ``info["skipped"]``).
         new_ids: content ids new to the shard in this call (what ``before_commit`` received).
         seconds: wall time of the ingest; encoder_seconds: the part spent in the encoder.
     """
@@ -66,12 +64,11 @@ class BuildReport:
     skipped: int
     seconds: float
     encoder_seconds: float
-    skipped_inputs: tuple[dict[str, str], ...] = ()
     new_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of ``dprdm index build --json``: ``info()`` plus the ``skipped`` list of this shard."""
-        return dict(self.info, skipped=[dict(s, shard=self.shard) for s in self.skipped_inputs])
+        """The JSON document of ``dprdm index build --json``; equal to ``PrivateIndex.open(dir).info()``."""
+        return dict(self.info)
 
 
 def _validate(shard: str, batch_size: int) -> None:
@@ -253,7 +250,7 @@ def run_build(
         )  # fmt: skip
     view = view_of(path, new_top, mmap=False, known=current)
     report = BuildReport(
-        info=describe(view), skipped_inputs=tuple(content.skipped), new_ids=new_ids,
+        info=describe(view), new_ids=new_ids,
         **{k: stats[k] for k in _STAT_FIELDS},
     )  # fmt: skip
     return report, view

@@ -201,8 +201,11 @@ def drop_unreferenced(index_dir: Path, top: dict[str, Any]) -> None:
 
 
 def describe(view: View) -> dict[str, Any]:
-    """Counts, dimension, index type, shards (records, skipped count, empty), encoder, ledger, last operation."""
+    """The ``--json`` document of an index: counts, shards (records, skipped count, ``empty``), the skipped
+    inputs with reasons (for ``--json``; human output prints only the counts, the list only on build), encoder,
+    ledger binding and last operation."""
     top = view.top
+    skipped = [dict(s, shard=n) for n, sh in view.shards.items() for s in sh.manifest.get("skipped", [])]
     return {
         "records": sum(s.num_records for s in view.shards.values()),
         "dim": int(top["dim"]),
@@ -215,6 +218,7 @@ def describe(view: View) -> dict[str, Any]:
             }
             for n, sh in view.shards.items()
         },
+        "skipped": skipped,
         "encoder": {"model_id": top["encoder"]["model_id"], "sha256": top["encoder"]["sha256"]},
         "quantizer": top["quantizer"]["provenance"],
         "ledger": copy.deepcopy(top.get("ledger")),

@@ -132,10 +132,8 @@ class PrivateIndex:
         self._adopt(top)
 
     def info(self) -> dict[str, Any]:
-        """Counts, dimension, index type, shards (records, skipped count, ``empty``), encoder, ledger, last operation.
-
-        The list of skipped inputs is only in the build report (:meth:`BuildReport.to_dict`).
-        """
+        """Counts, dimension, index type, shards (records, skipped count, ``empty``), skipped inputs, encoder,
+        ledger binding and last operation (the ``--json`` shape; human output should print only the counts)."""
         return protocol.describe(self._view)
 
     def records(self, shard: str | None = None) -> Iterator[tuple[str, int, str]]:
