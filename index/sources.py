@@ -181,6 +181,13 @@ def _bad_dataset(path: Path, err: Exception) -> IndexInputError:
     )
 
 
+def _pa_struct_type() -> type:
+    """pyarrow's struct type class (pyarrow is imported lazily, like datasets)."""
+    import pyarrow as pa
+
+    return pa.StructType
+
+
 def _open_table_file(path: Path) -> tuple[Any, Callable[[str], Iterator[Any]]]:
     """``(arrow schema, batches(column))`` of a .parquet or .arrow file, read in place by pyarrow (no cache)."""
     import pyarrow as pa
@@ -208,29 +215,31 @@ def _open_table_file(path: Path) -> tuple[Any, Callable[[str], Iterator[Any]]]:
     return schema, batches
 
 
-def _table_image_column(schema: Any, wanted: str | None, path: Path) -> str:
-    """Image column of an arrow schema: ``wanted``, else an ``Image`` feature, an image struct, or 'image'/'img'."""
-    columns = list(schema.names)
+def _choose_column(columns: list[str], wanted: str | None, path: Path, images: list[str]) -> str:
+    """``wanted`` if given (and present), else the first of ``images`` (image-typed columns), else 'image'/'img'."""
     if wanted is not None:
         if wanted not in columns:
             raise IndexInputError(
                 f"--image-column '{wanted}' is not a column of '{path}' (found {columns}); pass one of those"
             )
         return wanted
+    for name in [*images, "image", "img"]:
+        if name in columns:
+            return name
+    raise IndexInputError(f"no image column found in '{path}' (columns {columns}); pass --image-column NAME")
+
+
+def _table_image_column(schema: Any, wanted: str | None, path: Path) -> str:
+    """Image column of an arrow schema: ``wanted``, else an ``Image`` feature, an image struct, or 'image'/'img'."""
     try:
         features = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))["info"]["features"]
     except (KeyError, TypeError, ValueError):
         features = {}
-    for name in columns:
-        if isinstance(features.get(name), dict) and features[name].get("_type") == "Image":
-            return name
-    for field in schema:
-        if field.type.__class__.__name__ == "StructType" and {"bytes", "path"} <= {f.name for f in field.type}:
-            return field.name
-    for name in ("image", "img"):
-        if name in columns:
-            return name
-    raise IndexInputError(f"no image column found in '{path}' (columns {columns}); pass --image-column NAME")
+    typed = [n for n in schema.names if isinstance(features.get(n), dict) and features[n].get("_type") == "Image"]
+    structs = [
+        f.name for f in schema if isinstance(f.type, _pa_struct_type()) and {"bytes", "path"} <= {x.name for x in f.type}
+    ]
+    return _choose_column(list(schema.names), wanted, path, typed + structs)
 
 
 def _read_table_file(path: Path, *, image_column: str | None, max_pixels: int) -> Iterator[Decoded | Skipped]:
@@ -270,20 +279,8 @@ def _image_column(dataset: Any, wanted: str | None, path: Path) -> str:
     """Pick the image column: ``wanted`` if given, else the first ``Image`` feature, else 'image'/'img'."""
     import datasets
 
-    columns = list(dataset.column_names)
-    if wanted is not None:
-        if wanted not in columns:
-            raise IndexInputError(
-                f"--image-column '{wanted}' is not a column of '{path}' (found {columns}); pass one of those"
-            )
-        return wanted
-    for name, feature in dataset.features.items():
-        if isinstance(feature, datasets.Image):
-            return name
-    for name in ("image", "img"):
-        if name in columns:
-            return name
-    raise IndexInputError(f"no image column found in '{path}' (columns {columns}); pass --image-column NAME")
+    typed = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
+    return _choose_column(list(dataset.column_names), wanted, path, typed)
 
 
 def _cell_bytes(cell: Any) -> bytes | Path | None:
