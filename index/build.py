@@ -52,6 +52,8 @@ class BuildReport:
         duplicates: exact duplicates not stored again (within the source, the shard or other shards).
         skipped: inputs skipped in this call (the list, with reasons, is ``info["skipped"]``).
         new_ids: content ids new to the shard in this call (what ``before_commit`` received).
+        dropped_ids: content ids that left the shard because a ``build`` (not ``add``) replaced it with a source
+            that no longer holds them (never passed to ``before_commit``; empty for ``add``).
         seconds: wall time of the ingest; encoder_seconds: the part spent in the encoder.
     """
 
@@ -65,6 +67,7 @@ class BuildReport:
     seconds: float
     encoder_seconds: float
     new_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
+    dropped_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``dprdm index build --json``; equal to ``PrivateIndex.open(dir).info()``."""
@@ -244,13 +247,14 @@ def run_build(
             )  # fmt: skip
         before = existing.ids if existing is not None else np.empty(0, dtype=np.int64)
         new_ids = content.ids[~np.isin(content.ids, before)]
+        dropped_ids = before[~np.isin(before, content.ids)]
         new_top = commit(
             path, top, {shard: content}, dict(stats, op="add" if append else "build"),
             before_commit=before_commit, hook_ids={shard: new_ids},
         )  # fmt: skip
     view = view_of(path, new_top, mmap=False, known=current)
     report = BuildReport(
-        info=describe(view), new_ids=new_ids,
+        info=describe(view), new_ids=new_ids, dropped_ids=dropped_ids,
         **{k: stats[k] for k in _STAT_FIELDS},
     )  # fmt: skip
     return report, view

@@ -127,6 +127,7 @@ def test_rebuild_replaces_the_shard_and_reuses_embeddings(
         path.unlink()
     report = build_index(corpus, tmp_path / "ix", progress=False)
     assert report.encoded == 0 and report.reused == 20 and report.info["records"] == 20
+    assert report.new_ids.size == 0 and report.dropped_ids.size == 4  # the 4 deleted images left the shard
     again = PrivateIndex.open(tmp_path / "ix").shard("default")
     keep = np.isin(first.ids, again.ids)
     rows_of = {int(i): p for p, i in enumerate(again.ids)}
