@@ -37,12 +37,15 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _exact_search import exact_search  # noqa: E402
+
 from index import DEFAULT_MODEL_DIR, PrivateIndex, build_index  # noqa: E402
 from index.build import _new_manifest  # noqa: E402
-from index.private_index import commit  # noqa: E402
+from index.commit import commit  # noqa: E402
+from index.fs import make_private_dir  # noqa: E402
 from index.safety import IndexKind  # noqa: E402
 from index.shard import ShardContent  # noqa: E402
-from index.store import MetadataRow, make_private_dir, utc_now  # noqa: E402
+from index.store import MetadataRow, utc_now  # noqa: E402
 
 D, K = 512, 10
 SIZES = (10_000, 100_000, 1_000_000)
@@ -139,7 +142,7 @@ def bench_knn(tmp: Path) -> tuple[list[str], Path]:
     rng = np.random.default_rng(1)
     rows = [
         f"k = {K}, d = {D}, synthetic unit vectors; median ms per call (1 query / a batch of 64); "
-        "`dprdm` = `Shard.search` on `IndexIDMap2(IndexFlatIP)`, `numpy` = `E @ q` + `argpartition` in the same run, "
+        "`dprdm` = exact search on the shard's `IndexIDMap2(IndexFlatIP)` (benchmarks/_exact_search.py), `numpy` = `E @ q` + `argpartition` in the same run, "
         "timed alternately; ratio = numpy / dprdm (above 1: dprdm is faster).",
         "",
         "| N | dprdm 1 q | numpy 1 q | ratio | dprdm 64 q | numpy 64 q | ratio | same ids |",
@@ -164,10 +167,10 @@ def _knn_row(path: Path, n: int, rng: np.random.Generator) -> str:
     q64 = rng.standard_normal((64, D), dtype=np.float32)
     q1 /= np.linalg.norm(q1, axis=1, keepdims=True)
     q64 /= np.linalg.norm(q64, axis=1, keepdims=True)
-    same = np.array_equal(shard.search(q64, K)[1], _numpy_topk(emb, ids, q64))
+    same = np.array_equal(exact_search(shard, q64, K)[1], _numpy_topk(emb, ids, q64))
     reps1, reps64 = (20, 5) if n < 1_000_000 else (7, 3)
-    f1, n1 = _paired_median_ms(lambda: shard.search(q1, K), lambda: _numpy_topk(emb, ids, q1), reps1)
-    f64, n64 = _paired_median_ms(lambda: shard.search(q64, K), lambda: _numpy_topk(emb, ids, q64), reps64)
+    f1, n1 = _paired_median_ms(lambda: exact_search(shard, q1, K), lambda: _numpy_topk(emb, ids, q1), reps1)
+    f64, n64 = _paired_median_ms(lambda: exact_search(shard, q64, K), lambda: _numpy_topk(emb, ids, q64), reps64)
     return (
         f"| {n:,} | {f1:.2f} | {n1:.2f} | {n1 / f1:.1f}× | {f64:.1f} | {n64:.1f} | {n64 / f64:.1f}× | "
         f"{'yes' if same else 'NO'} |"
@@ -181,14 +184,16 @@ def rss():
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
 import numpy as np
+sys.path.insert(0, sys.argv[3])
+from _exact_search import exact_search
 from index import PrivateIndex
 out = {"imports": rss()}
 t = time.perf_counter(); idx = PrivateIndex.open(sys.argv[1], mmap=sys.argv[2] == "mmap"); shard = idx.shard("bench")
 _ = shard.faiss_index
 out["open_ms"] = 1e3 * (time.perf_counter() - t); out["open"] = rss()
 q = np.ones((1, idx.dim), np.float32)  # not shard.embeddings: that would load the rows
-t = time.perf_counter(); shard.search(q, 10); out["search_ms"] = 1e3 * (time.perf_counter() - t); out["search"] = rss()
-t = time.perf_counter(); shard.search(q, 10); out["search2_ms"] = 1e3 * (time.perf_counter() - t)
+t = time.perf_counter(); exact_search(shard, q, 10); out["search_ms"] = 1e3 * (time.perf_counter() - t); out["search"] = rss()
+t = time.perf_counter(); exact_search(shard, q, 10); out["search2_ms"] = 1e3 * (time.perf_counter() - t)
 print(json.dumps(out))
 """
 
@@ -207,7 +212,7 @@ def bench_rss(path: Path) -> list[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for mode in ("mmap", "memory"):
         proc = subprocess.run(
-            [sys.executable, "-c", _RSS_CHILD, str(path), mode],
+            [sys.executable, "-c", _RSS_CHILD, str(path), mode, str(ROOT / "benchmarks")],
             env=env,
             capture_output=True,
             text=True,

@@ -38,7 +38,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from accountant import calibrate_sigma  # noqa: E402
 from benchmarks._pipeline_report import write_section  # noqa: E402
-from index import load_encoder  # noqa: E402
+from index import MemoryShard, load_encoder  # noqa: E402
 from pipeline.data import load_mnist_split, to_pil  # noqa: E402
 from pipeline.decoders import TinyDecoder  # noqa: E402
 from pipeline.mechanism import aggregate, privatize, subsample_topk  # noqa: E402
@@ -74,8 +74,7 @@ class Bench:
         private = [to_pil(image) for image in split.private_images]
         self.private_embeddings = self.encoder.encode_images(private)
         self.public_embeddings = self.encoder.encode_images([to_pil(image) for image in split.public_images])
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.encoder.dim))
-        self.index.add_with_ids(self.private_embeddings, np.arange(len(private), dtype=np.int64))
+        self.index = MemoryShard(self.private_embeddings, np.arange(len(private), dtype=np.int64))
         self.queries = self.encoder.encode_text(list(PROMPTS))
         pixels = np.stack([self._pixels(to_pil(image)) for image in split.public_images])
         self.classifier = LogisticRegression(max_iter=2000).fit(pixels, split.public_labels)

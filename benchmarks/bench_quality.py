@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import linalg  # noqa: E402
 
 import index._torchvision_compat  # noqa: E402,F401  (before open_clip/diffusers import torchvision)
 from accountant import calibrate_sigma  # noqa: E402
+from index import MemoryShard  # noqa: E402
 from pipeline.data import load_mnist_split  # noqa: E402
 from pipeline.decoders import TinyDecoder  # noqa: E402
 from pipeline.mechanism import aggregate, privatize, subsample_topk  # noqa: E402
@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     test = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
     corpus = np.setdiff1d(np.arange(len(labels)), test)
     emb = encode_image_array(model, split.private_images, preprocess)
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(emb.shape[1]))
-    index.add_with_ids(emb[corpus], corpus.astype(np.int64))
+    index = MemoryShard(emb[corpus], corpus.astype(np.int64))
     exact = np.stack([aggregate(emb[subsample_topk(index, emb[i], K, Q, rng)], K) for i in test])
     sigmas = {eps: calibrate_sigma(k=K, q=Q, queries=QUERIES, epsilon=eps, delta=DELTA) for eps in EPSILONS}
     rows = [("unconditional", None, np.zeros_like(exact)), ("ε = ∞ (no noise)", 0.0, exact)]

@@ -2,8 +2,11 @@
 
 Public API (everything else is private)::
 
-    build_index(source, index_dir, *, shard="default", model=None, ...) -> BuildReport
+    build_index(source, index_dir, *, shard="default", model=None, ..., before_commit=None) -> BuildReport
     PrivateIndex.open(index_dir, *, mmap=False, encoder=None) -> PrivateIndex
+        .add / .remove / .drop_shard / .records / .info / .bind_ledger / .ledger_binding / .set_encoder
+    Shard.restrict / .score / .ids_at / .rows   (the only primitives the DP mechanism uses)
+    MemoryShard(embeddings, ids=None, *, quantizer=None, nprobe=1)   (same primitives over arrays)
     load_encoder(model=None, pretrained=None, *, num_threads=None) -> Encoder
 """
 
@@ -15,11 +18,14 @@ from index.errors import (
     IndexCorruptError,
     IndexInputError,
     IndexStoreError,
+    LedgerBindingError,
     StaleShardError,
     UnsafeIndexError,
 )
-from index.paths import expand_user
+from index.fs import expand_user
 from index.private_index import PrivateIndex
+from index.removal import RemoveReport
+from index.rows import MemoryShard
 from index.safety import IndexKind, is_dp_safe, resolve_index_type
 from index.shard import Shard
 from index.sources import content_id
@@ -32,7 +38,10 @@ __all__ = [
     "IndexInputError",
     "IndexKind",
     "IndexStoreError",
+    "LedgerBindingError",
+    "MemoryShard",
     "PrivateIndex",
+    "RemoveReport",
     "Shard",
     "StaleShardError",
     "UnsafeIndexError",

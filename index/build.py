@@ -11,15 +11,25 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from index import store
+import numpy as np
+
+from index import fs, store
+from index.commit import (
+    BeforeCommit,
+    View,
+    check_encoder,
+    commit,
+    describe,
+    drop_unreferenced,
+    open_view,
+    view_of,
+)
 from index.encoder import Encoder, load_encoder, torch_threads
 from index.errors import IndexInputError
 from index.ingest import ingest
-from index.paths import expand_user
-from index.private_index import PrivateIndex, check_encoder, commit, drop_unreferenced, read_top_manifest
 from index.quantizer import PublicQuantizer, train_public_quantizer
 from index.resume import Checkpoints
 from index.safety import IndexKind, resolve_index_type
@@ -34,13 +44,16 @@ class BuildReport:
     """Outcome of a build or add: the index ``info()`` after the commit plus this operation's counts.
 
     Attributes:
-        info: ``PrivateIndex.info()`` of the committed index (what ``--json`` prints).
+        info: ``PrivateIndex.info()`` of the committed index.
         shard: the shard written.
         added: records stored from this source (new ones plus reused embeddings).
         encoded: images run through the encoder in this call (resumed ones are not re-encoded).
         reused: records whose embedding came from a checkpoint or the existing shard.
         duplicates: exact duplicates not stored again (within the source, the shard or other shards).
-        skipped: inputs skipped in this call (the full list, with reasons, is in ``info["skipped"]``).
+        skipped: inputs skipped in this call (the list, with reasons, is ``info["skipped"]``).
+        new_ids: content ids new to the shard in this call (what ``before_commit`` received).
+        dropped_ids: content ids that left the shard because a ``build`` (not ``add``) replaced it with a source
+            that no longer holds them (never passed to ``before_commit``; empty for ``add``).
         seconds: wall time of the ingest; encoder_seconds: the part spent in the encoder.
     """
 
@@ -53,6 +66,8 @@ class BuildReport:
     skipped: int
     seconds: float
     encoder_seconds: float
+    new_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
+    dropped_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``dprdm index build --json``; equal to ``PrivateIndex.open(dir).info()``."""
@@ -112,6 +127,7 @@ def build_index(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_batch: Callable[[int], None] | None = None,
     append: bool = False,
+    before_commit: BeforeCommit | None = None,
 ) -> BuildReport:
     """Build (or rebuild) shard ``shard`` of the index at ``index_dir`` from ``source``.
 
@@ -133,6 +149,9 @@ def build_index(
         max_pixels: decompression-bomb cap per image.
         on_batch: called with the running count of encoded images after each checkpointed batch.
         append: keep the shard's existing records and add the new ones.
+        before_commit: called as ``before_commit(shard, ids)`` with the content ids new to the shard (after
+            dedupe; possibly empty) after embedding, right before the manifest commit; if it raises, nothing is
+            committed and the exception propagates.
 
     Returns:
         A :class:`BuildReport` whose ``to_dict()`` equals ``PrivateIndex.open(index_dir).info()``.
@@ -142,12 +161,46 @@ def build_index(
         UnsafeIndexError: an index type that would break the DP sensitivity bound.
         IndexCorruptError: the existing index is damaged (it is left untouched).
     """
+    report, _ = run_build(
+        source, index_dir, shard=shard, model=model, pretrained=pretrained, batch_size=batch_size,
+        public_train=public_train, image_column=image_column, num_threads=num_threads, progress=progress,
+        index_type=index_type, max_pixels=max_pixels, on_batch=on_batch, append=append,
+        before_commit=before_commit,
+    )  # fmt: skip
+    return report
+
+
+def run_build(
+    source: str | os.PathLike[str],
+    index_dir: str | os.PathLike[str],
+    *,
+    shard: str,
+    model: str | None = None,
+    pretrained: str | None = None,
+    batch_size: int,
+    public_train: str | os.PathLike[str] | None = None,
+    image_column: str | None = None,
+    num_threads: int | None,
+    progress: bool,
+    index_type: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_batch: Callable[[int], None] | None = None,
+    append: bool,
+    before_commit: BeforeCommit | None,
+    known: View | None = None,
+    encoder: Encoder | None = None,
+) -> tuple[BuildReport, View]:
+    """:func:`build_index`, reusing the shard views of ``known`` (and its loaded ``encoder``) when current.
+
+    Returns the report and the committed view, so the facade adopts it without opening the index again.
+    """
     _validate(shard, batch_size)
-    path = expand_user(index_dir).resolve()
+    path = fs.expand_user(index_dir).resolve()
     if path.exists() and not path.is_dir():
         raise IndexInputError(f"--index '{index_dir}' exists and is not a directory; pass a directory path")
     records = read_source(source, image_column=image_column, max_pixels=max_pixels, exclude=path)
     fresh = not (path / store.MANIFEST).exists()
+    trained: PublicQuantizer | None = None
     if fresh:  # validate everything before the directory is created
         if append:
             raise IndexInputError(f"'{index_dir}' is not a dprdm index; create it with 'dprdm index build'")
@@ -165,33 +218,43 @@ def build_index(
             if trained is not None:
                 store.write_faiss(trained.index, path / "quantizer.faiss")
             top = _new_manifest(encoder, kind, trained)
-            current = None
+            current = View(path=path, top=top, shards={}, mmap=False)
         else:
+            current = open_view(path, known=known)
+            top = current.top
             if index_type is not None or public_train is not None:
                 raise IndexInputError(
-                    f"index '{index_dir}' already exists with type '{read_top_manifest(path)['index_type']}'; "
+                    f"index '{index_dir}' already exists with type '{top['index_type']}'; "
                     "the index type is fixed at creation: drop --index-type/--public-train or use a new --index"
                 )
-            current = PrivateIndex.open(path)
-            top = current.manifest
             drop_unreferenced(path, top)
             if model is not None or pretrained is not None:
                 encoder = load_encoder(model, pretrained, num_threads=num_threads)
-                check_encoder(top, encoder, path)
-            else:
-                encoder = current.load_encoder(num_threads=num_threads)
-        existing = current.shard(shard) if current is not None and shard in current.shard_names else None
+            elif encoder is None:
+                spec = top["encoder"]
+                encoder = load_encoder(spec.get("model"), spec.get("pretrained"), num_threads=num_threads)
+            check_encoder(top, encoder, path)
+        existing = current.shards.get(shard)
         other_ids: set[int] = set()
-        if current is not None:
-            for other in current.shards():
-                if other.name != shard:
-                    other_ids.update(other.ids.tolist())
+        for other in current.shards.values():
+            if other.name != shard:
+                other_ids.update(other.ids.tolist())
         with torch_threads(num_threads):
             content, stats = ingest(
                 records, shard=shard, encoder=encoder, checkpoints=Checkpoints(path, encoder.sha256),
                 existing=existing, append=append, other_shard_ids=other_ids, batch_size=batch_size,
                 progress=progress, on_batch=on_batch,
             )  # fmt: skip
-        commit(path, top, {shard: content}, dict(stats, op="add" if append else "build"))
-    info = PrivateIndex.open(path).info()
-    return BuildReport(info=info, **{k: stats[k] for k in _STAT_FIELDS})
+        before = existing.ids if existing is not None else np.empty(0, dtype=np.int64)
+        new_ids = content.ids[~np.isin(content.ids, before)]
+        dropped_ids = before[~np.isin(before, content.ids)]
+        new_top = commit(
+            path, top, {shard: content}, dict(stats, op="add" if append else "build"),
+            before_commit=before_commit, hook_ids={shard: new_ids},
+        )  # fmt: skip
+    view = view_of(path, new_top, mmap=False, known=current)
+    report = BuildReport(
+        info=describe(view), new_ids=new_ids, dropped_ids=dropped_ids,
+        **{k: stats[k] for k in _STAT_FIELDS},
+    )  # fmt: skip
+    return report, view

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from index.errors import IndexInputError
-from index.paths import expand_user
+from index.fs import expand_user
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "tiny-clip"
 BUNDLED_MODEL_ID = "bundled:tiny-clip"
@@ -150,8 +150,8 @@ class Encoder:
 
 def _missing(what: str) -> IndexInputError:
     return IndexInputError(
-        f"{what}; dprdm never downloads models: pass --model local-dir:DIR (a folder with {_CONFIG_NAME} and "
-        f"{_WEIGHT_NAMES[0]}), or --model NAME --pretrained /path/to/weights"
+        f"{what}; dprdm never downloads models: give 'dprdm index build' --model local-dir:DIR (a folder with "
+        f"{_CONFIG_NAME} and {_WEIGHT_NAMES[0]}), or --model NAME --pretrained /path/to/weights"
     )
 
 

@@ -35,3 +35,9 @@ class StaleShardError(IndexCorruptError):
     """A shard generation was replaced (add/remove/build) after this view was opened; reopen the index."""
 
     exit_code = 3
+
+
+class LedgerBindingError(IndexStoreError):
+    """The index is bound to another ledger (an index has exactly one ledger); nothing was changed."""
+
+    exit_code = 3

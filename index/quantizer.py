@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from index.errors import IndexInputError
-from index.paths import expand_user
+from index.fs import expand_user
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index import store
+from index import fs, store
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ class Checkpoints:
         """Atomically add one chunk of freshly encoded rows."""
         if len(ids) == 0:
             return
-        store.make_private_dir(self.path.parent)
-        store.make_private_dir(self.path)
+        fs.make_private_dir(self.path.parent)
+        fs.make_private_dir(self.path)
         buffer = io.BytesIO()
         np.savez(buffer, ids=np.asarray(ids, np.int64), embeddings=np.asarray(embeddings, np.float32))
-        store.atomic_write_bytes(self.path / f"chunk-{self._next:06d}.npz", buffer.getvalue())
+        fs.atomic_write_bytes(self.path / f"chunk-{self._next:06d}.npz", buffer.getvalue())
         self._next += 1
 
 

@@ -1,8 +1,11 @@
 """One shard (compartment) of a private index: an immutable on-disk generation and its read-side view.
 
 Positional invariant (the DP retrieval stage relies on it): ``shard.ids[i]`` is the content id of
-``shard.embeddings[i]``. For the default flat index this is also the row order of the faiss storage. For
-ivf-flat, faiss keeps its own list order; ``ids``/``embeddings`` keep this order.
+``shard.embeddings[i]``. The mechanism reaches the rows only through :meth:`Shard.restrict`,
+:meth:`Shard.score`, :meth:`Shard.ids_at` and :meth:`Shard.rows` (:mod:`index.rows`), never through faiss.
+
+Records rule (issue 9): every stored row is finite with ``|norm - 1| <= 1e-3``; checked when a generation is
+written and when ``embeddings.npy`` is loaded (before any charge), else :class:`IndexCorruptError`.
 
 Integrity: the shard manifest records each data file's size and sha256. Opening checks the sizes (cheap);
 each file's sha256 is checked the first time the view loads it, so damage of the right size (a flipped
@@ -14,11 +17,8 @@ file is streamed through a small buffer and its pages stay in the shared, reclai
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,32 +26,14 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index import store
-from index.errors import IndexCorruptError, IndexInputError, StaleShardError
+from index import fs, store
+from index.errors import IndexCorruptError, StaleShardError
+from index.rows import RowSet, bad_rows
 from index.safety import IndexKind, check_faiss_index
 
 logger = logging.getLogger(__name__)
 
 FILES = ("index.faiss", "embeddings.npy", "ids.npy", "metadata.sqlite")
-_BLAS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _distance_path(num_queries: int) -> Iterator[None]:
-    """Pick faiss's flat-search kernel for one call, then restore the global setting.
-
-    faiss-cpu 1.15 ships ``distance_compute_blas_threshold = 128000`` and never takes the BLAS path for
-    small batches: 64 queries at d = 512 ran 6-9x slower than one matrix product, while a single query is
-    fastest on the SIMD scan (benchmarks/results/index.md). So: BLAS for batches, SIMD for one query,
-    whatever the threshold is compared against. Results are the same exact top-k either way.
-    """
-    with _BLAS_LOCK:
-        previous = faiss.cvar.distance_compute_blas_threshold
-        faiss.cvar.distance_compute_blas_threshold = 1 if num_queries > 1 else 2**30
-        try:
-            yield
-        finally:
-            faiss.cvar.distance_compute_blas_threshold = previous
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,10 +77,18 @@ def write_shard(
     """Write a complete, fsynced shard generation and return its directory relative to ``index_dir``.
 
     The generation becomes visible only when the caller commits a manifest that names it.
+
+    Raises:
+        IndexCorruptError: a row is not finite or not unit norm (nothing is written).
     """
-    shards = store.make_private_dir(index_dir / "shards")
+    if bad_rows(content.embeddings):
+        raise IndexCorruptError(
+            f"refusing to write shard '{content.name}': {bad_rows(content.embeddings)} embedding rows are not finite "
+            "unit vectors; check the encoder and rebuild"
+        )
+    shards = fs.make_private_dir(index_dir / "shards")
     relative = f"shards/{content.name}.{secrets.token_hex(6)}"
-    tmp = store.make_private_dir(index_dir / f"{relative}.tmp")
+    tmp = fs.make_private_dir(index_dir / f"{relative}.tmp")
     store.write_faiss(make_faiss_index(kind, content.ids, content.embeddings, template), tmp / "index.faiss")
     store.write_array(tmp / "embeddings.npy", np.ascontiguousarray(content.embeddings, dtype=np.float32))
     store.write_array(tmp / "ids.npy", np.ascontiguousarray(content.ids, dtype=np.int64))
@@ -116,10 +106,10 @@ def write_shard(
         created=content.created,
         updated=now,
     )
-    store.atomic_write_json(tmp / store.MANIFEST, manifest)
-    store.fsync_dir(tmp)
+    fs.atomic_write_json(tmp / store.MANIFEST, manifest)
+    fs.fsync_dir(tmp)
     (index_dir / f"{relative}.tmp").rename(index_dir / relative)
-    store.fsync_dir(shards)
+    fs.fsync_dir(shards)
     return relative
 
 
@@ -146,8 +136,7 @@ class Shard:
         self._ids: np.ndarray | None = None
         self._embeddings: np.ndarray | None = None
         self._index: faiss.Index | None = None
-        self._searcher: faiss.Index | None = None
-        self._sorter: np.ndarray | None = None
+        self._rowset: RowSet | None = None
         self._verified: set[str] = set()
         if mmap:  # map everything now: a mapping stays valid if a writer later drops this generation
             self.load()
@@ -221,8 +210,41 @@ class Shard:
             StaleShardError: the generation was replaced after this view was opened.
             UnsafeIndexError: the stored faiss index is not the DP-safe type the manifest records.
         """
-        _ = self.faiss_index, self._load_ids(), self.embeddings
+        self._rows()
         return self
+
+    def _rows(self) -> RowSet:
+        if self._rowset is None:
+            index, ids, embeddings = self.faiss_index, self._load_ids(), self.embeddings
+            quantizer = faiss.extract_index_ivf(index).quantizer if self.kind is IndexKind.IVF_FLAT else None
+            self._rowset = RowSet(
+                embeddings, ids, quantizer=quantizer, nprobe=int(self.manifest.get("nprobe", 1))
+            )
+        return self._rowset
+
+    def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Exact inner products (float32) of the unit ``query`` ``(d,)`` with the rows at ``positions`` (int64).
+
+        Private values: used inside the mechanism only, never released.
+        """
+        return self._rows().score(query, positions)
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """A float32 ``(m, d)`` copy of the rows at ``positions``."""
+        return self._rows().rows(positions)
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """Content ids (int64) of the rows at ``positions``: ``ids[i]`` labels row ``i``."""
+        return self._rows().ids_at(positions)
+
+    def restrict(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The positions a search for ``query`` may see: all (flat), or those in the probed public IVF lists."""
+        return self._rows().restrict(query, positions)
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return self._dim
 
     def metadata(self) -> tuple[list[store.MetadataRow], list[store.MetadataRow]]:
         """Rows (in position order) and aliases from the checked ``metadata.sqlite``, read-only."""
@@ -249,6 +271,11 @@ class Shard:
             if emb.dtype != np.float32 or emb.shape != (self.num_records, self._dim):
                 raise IndexCorruptError(
                     f"'{self.path / 'embeddings.npy'}' has shape {emb.shape}; rebuild the shard"
+                )
+            if bad_rows(emb):
+                raise IndexCorruptError(
+                    f"'{self.path / 'embeddings.npy'}' holds rows that are not finite unit vectors; rebuild the shard "
+                    "with 'dprdm index build'"
                 )
             self._embeddings = emb
         return self._embeddings
@@ -290,48 +317,3 @@ class Shard:
                 faiss.extract_index_ivf(index).nprobe = int(self.manifest.get("nprobe", 1))
             self._index = index
         return self._index
-
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """Rows for ``ids`` in that order, ``(len(ids), dim)`` float32 (a copy).
-
-        Raises:
-            IndexInputError: some ids are not in this shard (the ids are not echoed).
-        """
-        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if wanted.size == 0:
-            return np.zeros((0, self._dim), dtype=np.float32)
-        stored = self._load_ids()
-        if self._sorter is None:
-            self._sorter = np.argsort(stored, kind="stable")
-        pos = np.searchsorted(stored, wanted, sorter=self._sorter)
-        pos = np.minimum(pos, max(len(stored) - 1, 0))
-        rows = self._sorter[pos] if len(stored) else pos
-        if len(stored) == 0 or not np.array_equal(stored[rows], wanted):
-            missing = int(np.sum(stored[rows] != wanted)) if len(stored) else len(wanted)
-            raise IndexInputError(f"{missing} of {len(wanted)} requested ids are not in shard '{self.name}'")
-        return np.array(self.embeddings[rows], dtype=np.float32)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner-product top-``k`` (scores, ids), best first; missing slots are id -1, score -inf.
-
-        Runs on all GPUs when ``faiss.get_num_gpus() > 0`` (same results as the CPU index), else on CPU.
-        """
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if q.shape[1] != self._dim:
-            raise IndexInputError(f"queries have dimension {q.shape[1]}, shard '{self.name}' has {self._dim}")
-        if self.num_records == 0:
-            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        with _distance_path(len(q)):
-            scores, ids = self._search_index().search(q, k)
-        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
-        return scores, ids.astype(np.int64)
-
-    def _search_index(self) -> faiss.Index:
-        if self._searcher is None:
-            self._searcher = self.faiss_index
-            if faiss.get_num_gpus() > 0 and hasattr(faiss, "index_cpu_to_all_gpus"):
-                try:
-                    self._searcher = faiss.index_cpu_to_all_gpus(self.faiss_index)
-                except RuntimeError as err:  # an index type without a GPU version: stay on CPU
-                    logger.warning("faiss GPU clone failed (%s); searching on CPU", type(err).__name__)
-        return self._searcher

@@ -7,17 +7,21 @@ This is the *reader* stage of the reader → mapper (encoder) → writer (store)
 * bad input never raises: truncated, zero-byte, non-image, over-sized (decompression bomb) and undecodable
   files come back as :class:`Skipped` with a one-line reason; CMYK, 16-bit, palette, alpha and animated
   images are converted;
-* iteration order is deterministic (sorted paths, dataset row order), so builds are reproducible.
+* iteration order is deterministic (sorted paths, dataset row order), so builds are reproducible;
+* no private copy outside the index (issue 9): ``.parquet``/``.arrow`` files are read with pyarrow directly,
+  batch by batch (``datasets.Dataset.from_parquet`` would write the raw images into the persistent Hugging Face
+  cache, 0644 files never removed); ``save_to_disk`` directories are memory-mapped in place by ``datasets``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from index.errors import IndexInputError
-from index.paths import expand_user
+from index.fs import expand_user
 
 logger = logging.getLogger(__name__)
 
@@ -170,25 +174,102 @@ def is_dataset_source(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
+def _bad_dataset(path: Path, err: Exception) -> IndexInputError:
+    return IndexInputError(
+        f"dataset source '{path}' could not be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+        "pass a save_to_disk directory or a .parquet/.arrow file"
+    )
+
+
+def _pa_struct_type() -> type:
+    """pyarrow's struct type class (pyarrow is imported lazily, like datasets)."""
+    import pyarrow as pa
+
+    return pa.StructType
+
+
+def _open_table_file(path: Path) -> tuple[Any, Callable[[str], Iterator[Any]]]:
+    """``(arrow schema, batches(column))`` of a .parquet or .arrow file, read in place by pyarrow (no cache)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.suffix.lower() == ".parquet":
+        parquet = pq.ParquetFile(str(path))
+        return parquet.schema_arrow, lambda column: parquet.iter_batches(batch_size=256, columns=[column])
+    try:  # datasets writes the IPC stream format; plain Arrow IPC files are accepted too
+        with pa.memory_map(str(path)) as source:
+            schema = pa.ipc.open_stream(source).schema
+        stream = True
+    except pa.ArrowInvalid:
+        with pa.memory_map(str(path)) as source:
+            schema = pa.ipc.open_file(source).schema
+        stream = False
+
+    def batches(column: str) -> Iterator[Any]:
+        with pa.memory_map(str(path)) as source:
+            reader = pa.ipc.open_stream(source) if stream else pa.ipc.open_file(source)
+            parts = reader if stream else (reader.get_batch(i) for i in range(reader.num_record_batches))
+            for batch in parts:
+                yield batch.select([column])
+
+    return schema, batches
+
+
+def _choose_column(columns: list[str], wanted: str | None, path: Path, images: list[str]) -> str:
+    """``wanted`` if given (and present), else the first of ``images`` (image-typed columns), else 'image'/'img'."""
+    if wanted is not None:
+        if wanted not in columns:
+            raise IndexInputError(
+                f"--image-column '{wanted}' is not a column of '{path}' (found {columns}); pass one of those"
+            )
+        return wanted
+    for name in [*images, "image", "img"]:
+        if name in columns:
+            return name
+    raise IndexInputError(f"no image column found in '{path}' (columns {columns}); pass --image-column NAME")
+
+
+def _table_image_column(schema: Any, wanted: str | None, path: Path) -> str:
+    """Image column of an arrow schema: ``wanted``, else an ``Image`` feature, an image struct, or 'image'/'img'."""
+    try:
+        features = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))["info"]["features"]
+    except (KeyError, TypeError, ValueError):
+        features = {}
+    typed = [n for n in schema.names if isinstance(features.get(n), dict) and features[n].get("_type") == "Image"]
+    structs = [
+        f.name for f in schema if isinstance(f.type, _pa_struct_type()) and {"bytes", "path"} <= {x.name for x in f.type}
+    ]
+    return _choose_column(list(schema.names), wanted, path, typed + structs)
+
+
+def _read_table_file(path: Path, *, image_column: str | None, max_pixels: int) -> Iterator[Decoded | Skipped]:
+    """Rows of a .parquet/.arrow file, decoded one batch at a time; nothing is written anywhere."""
+    try:
+        schema, batches = _open_table_file(path)
+    except Exception as err:  # pyarrow raises several types for a bad file
+        raise _bad_dataset(path, err) from err
+    column = _table_image_column(schema, image_column, path)
+    row = 0
+    for batch in batches(column):
+        for cell in batch.column(0).to_pylist():
+            source = f"{path}#[{row}]"
+            row += 1
+            data = _cell_bytes(cell)
+            if data is None:
+                yield Skipped(source, f"no image in column '{column}' (found {type(cell).__name__})")
+                continue
+            yield decode_image(data, source, max_pixels=max_pixels)
+
+
 def _load_dataset(path: Path) -> list[tuple[str, Any]]:
-    """Load a ``datasets`` corpus as ``[(split_label, Dataset)]`` without any network access."""
+    """Load a ``save_to_disk`` corpus as ``[(split_label, Dataset)]`` without any network access."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import datasets
 
     try:
-        if path.is_file():
-            loader = (
-                datasets.Dataset.from_parquet
-                if path.suffix.lower() == ".parquet"
-                else datasets.Dataset.from_file
-            )
-            return [("", loader(str(path)))]
         loaded = datasets.load_from_disk(str(path))
     except Exception as err:  # datasets raises many unrelated types for a bad corpus
-        raise IndexInputError(
-            f"dataset source '{path}' could not be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
-            "pass a save_to_disk directory or a .parquet/.arrow file"
-        ) from err
+        raise _bad_dataset(path, err) from err
     if isinstance(loaded, datasets.DatasetDict):
         return [(name, loaded[name]) for name in sorted(loaded)]
     return [("", loaded)]
@@ -198,20 +279,8 @@ def _image_column(dataset: Any, wanted: str | None, path: Path) -> str:
     """Pick the image column: ``wanted`` if given, else the first ``Image`` feature, else 'image'/'img'."""
     import datasets
 
-    columns = list(dataset.column_names)
-    if wanted is not None:
-        if wanted not in columns:
-            raise IndexInputError(
-                f"--image-column '{wanted}' is not a column of '{path}' (found {columns}); pass one of those"
-            )
-        return wanted
-    for name, feature in dataset.features.items():
-        if isinstance(feature, datasets.Image):
-            return name
-    for name in ("image", "img"):
-        if name in columns:
-            return name
-    raise IndexInputError(f"no image column found in '{path}' (columns {columns}); pass --image-column NAME")
+    typed = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
+    return _choose_column(list(dataset.column_names), wanted, path, typed)
 
 
 def _cell_bytes(cell: Any) -> bytes | Path | None:
@@ -236,6 +305,9 @@ def read_dataset(
     The source label is ``"<path>#<split>[<row>]"`` (``"<path>#[<row>]"`` without splits), so removal by the
     dataset path removes all its rows.
     """
+    if path.is_file():
+        yield from _read_table_file(path, image_column=image_column, max_pixels=max_pixels)
+        return
     import datasets
 
     for split, dataset in _load_dataset(path):

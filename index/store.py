@@ -16,7 +16,7 @@ private data)::
     DIR/.lock                      flock held by writers
 
 A write never edits a generation in place: it writes ``shards/<name>.<gen>.tmp``, fsyncs every file,
-renames it, then atomically replaces ``manifest.json`` (temp file + fsync + ``os.replace`` + directory fsync).
+renames it, then atomically replaces ``manifest.json`` with :func:`index.fs.atomic_write_json`.
 A crash at any point leaves the previous manifest pointing at complete files.
 """
 
@@ -39,11 +39,10 @@ import faiss
 import numpy as np
 
 from index.errors import IndexCorruptError, IndexInputError
+from index.fs import FILE_MODE, make_private_dir
 
 FORMAT_VERSION = 2  # 2: shard manifests record a sha256 per data file
 MANIFEST = "manifest.json"
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 
 
 def utc_now() -> str:
@@ -51,48 +50,15 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry (after a rename or a new file) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) with mode 0700 and tighten it if it already exists."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, DIR_MODE)
-    return path
-
-
 @contextlib.contextmanager
 def private_file(path: Path) -> Iterator[Any]:
-    """Open a new 0600 file for binary writing; fsync it before closing."""
+    """Open a new 0600 file for binary writing; fsync it before closing (data files of a new generation)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     os.fchmod(fd, FILE_MODE)
     with os.fdopen(fd, "wb") as handle:
         yield handle
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: temp file + fsync + ``os.replace`` + directory fsync."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with private_file(tmp) as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Atomically write a JSON document (sorted keys, so manifests diff cleanly)."""
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 import operator
 import secrets
+from typing import Protocol
 
-import faiss
 import numpy as np
 
 from pipeline.errors import PipelineInputError
@@ -99,22 +99,21 @@ def poisson_subsample(n: int, q: float, rng: np.random.Generator) -> np.ndarray:
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
-def subsample_topk(index: faiss.Index, query: np.ndarray, k: int, q: float, rng: np.random.Generator) -> np.ndarray:
-    """Return the ids of the ``k`` best records of a fresh Poisson subsample of ``index``, best first.
+def subsample_topk(shard: _Rows, query: np.ndarray, k: int, q: float, rng: np.random.Generator) -> np.ndarray:
+    """Return the ids of the ``k`` best records of a fresh Poisson subsample of ``shard``, best first.
 
-    Mechanism: subsample first (:func:`poisson_subsample`, rate ``q``), then score exactly the kept records by
-    inner product with the unit ``query`` and keep the ``k`` highest; equal scores are ordered by the smaller
-    id. Records outside the sample are never scored, and there is no fallback to the full set: a sample with
-    fewer than ``k`` records returns fewer ids (their mean is zero-padded by :func:`aggregate`, keeping the L2
-    sensitivity of the mean at ``2/k`` under add/remove-one; accountant: RDP of
-    ``PoissonSampledDpEvent(q, GaussianDpEvent(kσ/2))``).
-
-    An ``IndexFlatIP`` (bare or inside ``IndexIDMap``/``IndexIDMap2``) is scored by reading the kept rows
-    straight from its storage; any other index is searched with an ``IDSelectorBatch`` of the kept ids (IVF:
-    ``SearchParametersIVF`` with the index's ``nprobe``), ordered by score then id.
+    Mechanism: subsample first (:func:`poisson_subsample`, rate ``q``, over the row positions), keep the
+    positions the index may search for this query (``shard.restrict``: all of them on flat; on ivf-flat those
+    whose public-quantizer list is probed, a function of the query and public data only), score exactly those
+    rows by inner product with the unit ``query`` and keep the ``k`` highest; equal scores are ordered by the
+    smaller id, on flat and IVF alike. Records outside the sample are never scored, and there is no fallback
+    to the full set: a sample with fewer than ``k`` records returns fewer ids (their mean is zero-padded by
+    :func:`aggregate`, keeping the L2 sensitivity of the mean at ``2/k`` under add/remove-one; accountant:
+    RDP of ``PoissonSampledDpEvent(q, GaussianDpEvent(kσ/2))``).
 
     Args:
-        index (`faiss.Index`): the private records, unit vectors of dimension ``index.d``.
+        shard (`index.Shard` or `index.MemoryShard`): the private records; only its primitives
+            ``restrict``/``score``/``ids_at`` and ``num_records``/``dim`` are used.
         query (`np.ndarray`): unit query of shape ``(d,)`` or ``(1, d)``.
         k (`int`): number of neighbours, ``k ≥ 1``.
         q (`float`): Poisson inclusion probability, ``0 < q ≤ 1``.
@@ -126,7 +125,7 @@ def subsample_topk(index: faiss.Index, query: np.ndarray, k: int, q: float, rng:
     Raises:
         PipelineInputError: bad ``k``, ``q``, ``rng`` or query (wrong dimension, not finite, not unit norm).
     """
-    ids, _ = _subsample_search(index, query, k, q, rng)
+    ids, _, _ = _subsample_search(shard, query, k, q, rng)
     return ids
 
 
@@ -192,81 +191,49 @@ def privatize(aggregate: np.ndarray, sigma: float, rng: np.random.Generator) -> 
 # --------------------------------------------------------------------------------------------- internals
 
 
-def _subsample_search(
-    index: faiss.Index, query: np.ndarray, k: int, q: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Subsample, score the kept records and return ``(ids, scores)`` of the ≤ k best, best first.
+class _Rows(Protocol):
+    """The shard primitives the mechanism uses (``index.Shard``, ``index.MemoryShard``); row i is ids[i]."""
 
-    The scores stay inside the process: :mod:`pipeline.retrieve` uses them only to merge shards.
+    @property
+    def num_records(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def restrict(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray: ...
+
+    def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray: ...
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray: ...
+
+
+def _subsample_search(
+    shard: _Rows, query: np.ndarray, k: int, q: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Subsample, score the kept records and return ``(ids, scores, positions)`` of the ≤ k best, best first.
+
+    The scores and positions stay inside the process: :mod:`pipeline.retrieve` uses them only to merge shards
+    and fetch the chosen rows (``shard.rows(positions)``).
     """
     k, q = _check_k(k), _check_rate(q)
     _check_rng(rng)
-    index = faiss.downcast_index(index)
-    vector = _check_query(query, index.d)
-    positions = poisson_subsample(index.ntotal, q, rng)
+    vector = _check_query(query, shard.dim)
+    positions = shard.restrict(vector, poisson_subsample(shard.num_records, q, rng))
     if positions.size == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    flat, id_map = _flat_storage(index)
-    if flat is not None:
-        return _topk_flat(flat, id_map, vector, positions, k)
-    return _topk_selector(index, vector, positions, k)
-
-
-def _flat_storage(index: faiss.Index) -> tuple[faiss.IndexFlat | None, np.ndarray | None]:
-    """Return ``(IndexFlatIP, id view or None)`` when the rows can be read directly, else ``(None, None)``."""
-    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
-        inner = faiss.downcast_index(index.index)
-        if isinstance(inner, faiss.IndexFlat) and inner.metric_type == faiss.METRIC_INNER_PRODUCT:
-            return inner, faiss.rev_swig_ptr(index.id_map.data(), index.ntotal)
-        return None, None
-    if isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT:
-        return index, None
-    return None, None
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+    return _topk_flat(shard, vector, positions, k)
 
 
 def _topk_flat(
-    flat: faiss.IndexFlat, id_map: np.ndarray | None, query: np.ndarray, positions: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Score exactly the kept rows of a flat storage (no copy of the rows) and select the k best."""
-    scores = np.empty(positions.size, dtype=np.float32)
-    faiss.fvec_inner_products_by_idx(
-        faiss.swig_ptr(scores), faiss.swig_ptr(query), flat.get_xb(), faiss.swig_ptr(positions),
-        flat.d, 1, positions.size,
-    )
+    shard: _Rows, query: np.ndarray, positions: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score exactly the kept rows (no copy of the rows) and select the k best, ties by the smaller id."""
+    scores = shard.score(query, positions)
     candidates = _cut_candidates(scores, k)
     kept = positions[candidates]  # ids are looked up only for the few records at or above the cut
-    ids = kept if id_map is None else id_map[kept].astype(np.int64)
+    ids = shard.ids_at(kept)
     order = _order_by_score_then_id(scores[candidates], ids, k)
-    return ids[order], scores[candidates[order]]
-
-
-def _topk_selector(index: faiss.Index, query: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Search any other index restricted to the kept ids with an ``IDSelectorBatch``."""
-    kept = np.ascontiguousarray(_record_ids(index)[positions], dtype=np.int64)
-    selector = faiss.IDSelectorBatch(kept.size, faiss.swig_ptr(kept))
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
-    else:
-        params = faiss.SearchParameters(sel=selector)
-    distances, labels = index.search(query[None, :], min(k, kept.size), params=params)
-    found = labels[0] >= 0
-    ids, distances = labels[0][found].astype(np.int64), distances[0][found]
-    scores = distances if index.metric_type == faiss.METRIC_INNER_PRODUCT else -distances
-    chosen = _best_k(scores, ids, k)
-    return ids[chosen], scores[chosen].astype(np.float32)
-
-
-def _record_ids(index: faiss.Index) -> np.ndarray:
-    """The id of every record, in storage order (what the Poisson subsample draws positions over)."""
-    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
-        return faiss.rev_swig_ptr(index.id_map.data(), index.ntotal)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        lists = ivf.invlists
-        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(lists.nlist) if lists.list_size(i)]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-    return np.arange(index.ntotal, dtype=np.int64)
+    return ids[order], scores[candidates[order]], kept[order]
 
 
 def _best_k(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:

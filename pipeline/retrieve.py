@@ -182,17 +182,18 @@ class PrivateRetriever:
 
     def _neighbours(self, query: np.ndarray, k: int, q: float, rng: np.random.Generator) -> np.ndarray:
         """Embeddings of the k best records of the union of per-shard Poisson subsamples (≤ k rows)."""
-        owners, ids, scores = [], [], []
-        for position, name in enumerate(self.shards):
-            shard_ids, shard_scores = _subsample_search(self.index.shard(name).faiss_index, query, k, q, rng)
-            owners.append(np.full(shard_ids.size, position))
+        owners, ids, scores, positions = [], [], [], []
+        for owner, name in enumerate(self.shards):
+            shard_ids, shard_scores, shard_positions = _subsample_search(self.index.shard(name), query, k, q, rng)
+            owners.append(np.full(shard_ids.size, owner))
             ids.append(shard_ids)
             scores.append(shard_scores)
-        owner, record, score = np.concatenate(owners), np.concatenate(ids), np.concatenate(scores)
+            positions.append(shard_positions)
+        owner, record = np.concatenate(owners), np.concatenate(ids)
+        score, position = np.concatenate(scores), np.concatenate(positions)
         # Global top-k: score, then shard order, then id (the per-shard lists already obey the id tie-break).
         best = np.lexsort((record, owner, -score.astype(np.float64)))[:k]
         rows = [
-            self.index.shard(self.shards[position]).vectors(record[best][owner[best] == position])
-            for position in np.unique(owner[best])
+            self.index.shard(self.shards[o]).rows(position[best][owner[best] == o]) for o in np.unique(owner[best])
         ]
         return np.concatenate(rows, axis=0) if rows else np.empty((0, self.dim), dtype=np.float32)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
 from pipeline.errors import PipelineInputError
+
+if TYPE_CHECKING:
+    from index import MemoryShard
 
 __all__ = ["Canary", "choose_canary", "flat_index", "unit_rows"]
 
@@ -62,13 +65,11 @@ def unit_rows(embeddings: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array / norms, dtype=np.float32)
 
 
-def flat_index(vectors: np.ndarray) -> faiss.Index:
-    """Exact inner-product index with ids 0..n-1 (the default store type: IndexIDMap2(IndexFlatIP))."""
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-    index.add_with_ids(
-        np.ascontiguousarray(vectors, dtype=np.float32), np.arange(len(vectors), dtype=np.int64)
-    )
-    return index
+def flat_index(vectors: np.ndarray) -> MemoryShard:
+    """Rows with ids 0..n-1 and the flat shard primitives the mechanism uses (``index.MemoryShard``)."""
+    from index import MemoryShard  # late, like the mechanism: loading the audit module stays light
+
+    return MemoryShard(vectors)
 
 
 def choose_canary(data: np.ndarray, *, k: int, q: float, rng: np.random.Generator) -> Canary:

@@ -117,3 +117,23 @@ def write_bad_and_odd_files(folder: Path) -> dict[str, str]:
     noise_image(908).convert("L").save(folder / "gray.png")
     expected["gray.png"] = "ok"
     return expected
+
+
+def exact_search(shards, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-private exact top-k over ``shards`` through the shard primitives only (a test oracle, not product API).
+
+    Returns ``(scores, ids)`` best first, equal scores by the smaller id, padded with ``-inf`` / ``-1``.
+    """
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    scores_out = np.full((len(queries), k), -np.inf, np.float32)
+    ids_out = np.full((len(queries), k), -1, np.int64)
+    for j, query in enumerate(queries):
+        scores, ids = [], []
+        for shard in shards:
+            positions = shard.restrict(query, np.arange(shard.num_records, dtype=np.int64))
+            scores.append(shard.score(query, positions))
+            ids.append(shard.ids_at(positions))
+        s, i = np.concatenate(scores), np.concatenate(ids)
+        order = np.lexsort((i, -s.astype(np.float64)))[:k]
+        scores_out[j, : order.size], ids_out[j, : order.size] = s[order], i[order]
+    return scores_out, ids_out

@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from index_corpora import noise_image, write_good_images
+from index_corpora import exact_search, noise_image, write_good_images
 
 from index import PrivateIndex, build_index, load_encoder
 from index.errors import IndexInputError, StaleShardError
@@ -28,7 +28,7 @@ def test_messy_folder_builds_and_lists_every_skip(tmp_path: Path, tiny_model: st
     assert (
         info["dim"] == 16
         and info["index_type"] == "flat"
-        and info["shards"] == {"default": {"records": 10 + ok, "skipped": len(bad)}}
+        and info["shards"] == {"default": {"records": 10 + ok, "skipped": len(bad), "empty": False}}
     )
     skipped = {Path(s["source"]).name: s["reason"] for s in info["skipped"]}
     assert set(skipped) == set(bad)
@@ -61,7 +61,7 @@ def test_exact_knn_equals_numpy_brute_force(tmp_path: Path, tiny_model: str) -> 
     queries = rng.normal(size=(20, 16)).astype(np.float32)  # >= 16 queries: the BLAS path
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     queries = np.concatenate([queries, idx.load_encoder().encode_text(["a photo", "noise"])])
-    scores, got = idx.search(queries, 10)
+    scores, got = exact_search(idx.shards(), queries, 10)
     brute = emb @ queries.T
     for j in range(len(queries)):
         order = np.argsort(-brute[:, j], kind="stable")[:10]
@@ -71,17 +71,23 @@ def test_exact_knn_equals_numpy_brute_force(tmp_path: Path, tiny_model: str) -> 
     _, raw = shard.faiss_index.search(queries, 5)
     order = np.argsort(-(shard.embeddings @ queries.T), axis=0)[:5].T
     assert raw.tolist() == shard.ids[order].tolist()
-    np.testing.assert_array_equal(shard.vectors(shard.ids[[3, 0, 7]]), shard.embeddings[[3, 0, 7]])
-    _, few = idx.search(queries[:1], 80)  # fewer than k records: padded with -1
+    np.testing.assert_array_equal(shard.rows(np.array([3, 0, 7])), shard.embeddings[[3, 0, 7]])
+    np.testing.assert_array_equal(shard.ids_at(np.array([3, 0, 7])), shard.ids[[3, 0, 7]])
+    np.testing.assert_allclose(
+        shard.score(queries[0], np.array([3, 0, 7])), shard.embeddings[[3, 0, 7]] @ queries[0], rtol=1e-5, atol=1e-6
+    )
+    _, few = exact_search(idx.shards(), queries[:1], 80)  # fewer than k records: padded with -1
     assert (few[0, 50:] == -1).all() and set(few[0, :50].tolist()) == set(ids.tolist())
 
 
-def test_unknown_ids_are_refused_without_echoing_them(tmp_path: Path, tiny_model: str, corpus: Path) -> None:
+def test_positions_outside_the_shard_are_refused(tmp_path: Path, tiny_model: str, corpus: Path) -> None:
     build_index(corpus, tmp_path / "ix", model=tiny_model, progress=False)
     shard = PrivateIndex.open(tmp_path / "ix").shard("default")
-    with pytest.raises(IndexInputError, match="1 of 2 requested ids are not in shard") as err:
-        shard.vectors(np.array([shard.ids[0], 12345]))
-    assert "12345" not in str(err.value)
+    for call in (shard.rows, shard.ids_at, lambda p: shard.score(shard.rows([0])[0], p)):
+        with pytest.raises(IndexInputError, match=r"positions must lie in \[0, 24\)") as err:
+            call(np.array([0, 24]))
+        assert str(shard.ids[0]) not in str(err.value)
+    np.testing.assert_array_equal(shard.restrict(shard.rows([0])[0], np.arange(24)), np.arange(24))  # flat
 
 
 def test_datasets_corpora_build(tmp_path: Path, tiny_model: str) -> None:
@@ -97,7 +103,7 @@ def test_datasets_corpora_build(tmp_path: Path, tiny_model: str) -> None:
         report = build_index(tmp_path / name, tmp_path / f"ix-{name}", model=tiny_model, progress=False)
         assert report.added == 6 and report.duplicates == 1, name
     rows = PrivateIndex.open(tmp_path / "ix-dict").remove(sources=[str(tmp_path / "dict") + "#test[0]"])
-    assert rows == 1
+    assert rows.removed == 1 and rows.shards == {"default": 1}
 
 
 def test_build_refuses_bad_arguments(tmp_path: Path, tiny_model: str, corpus: Path) -> None:
@@ -121,9 +127,11 @@ def test_rebuild_replaces_the_shard_and_reuses_embeddings(
         path.unlink()
     report = build_index(corpus, tmp_path / "ix", progress=False)
     assert report.encoded == 0 and report.reused == 20 and report.info["records"] == 20
+    assert report.new_ids.size == 0 and report.dropped_ids.size == 4  # the 4 deleted images left the shard
     again = PrivateIndex.open(tmp_path / "ix").shard("default")
     keep = np.isin(first.ids, again.ids)
-    np.testing.assert_array_equal(first.embeddings[keep], again.vectors(first.ids[keep]))
+    rows_of = {int(i): p for p, i in enumerate(again.ids)}
+    np.testing.assert_array_equal(first.embeddings[keep], again.rows([rows_of[int(i)] for i in first.ids[keep]]))
     stale = PrivateIndex.open(tmp_path / "ix").shard("default")  # lazy view of a generation that goes away
     PrivateIndex.open(tmp_path / "ix").remove(ids=[int(again.ids[0])])
     with pytest.raises(StaleShardError, match="reopen"):

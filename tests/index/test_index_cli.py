@@ -25,6 +25,14 @@ def _ok_json(result) -> dict:
     return json.loads(result.stdout)
 
 
+_NEEDS_CLI = pytest.mark.xfail(
+    strict=True,
+    reason="pipeline/cli_index.py must be wired to the new index API (lead): remove() returns a RemoveReport "
+    "and matching nothing is an input error (exit 2)",
+)
+
+
+@_NEEDS_CLI
 def test_build_add_remove_info_json(tmp_path: Path, tiny_model: str, messy_corpus) -> None:
     folder, _ = messy_corpus
     ix = tmp_path / "ix"
@@ -38,7 +46,7 @@ def test_build_add_remove_info_json(tmp_path: Path, tiny_model: str, messy_corpu
 
     write_good_images(tmp_path / "extra", 3, start=50)
     added = _ok_json(_run("add", tmp_path / "extra", "--index", ix, "--shard", "extra", "--json"))
-    assert added["shards"]["extra"] == {"records": 3, "skipped": 0}
+    assert added["shards"]["extra"] == {"records": 3, "skipped": 0, "empty": False}
     assert added["records"] == built["records"] + 3
 
     victim = content_id(noise_image(51))
@@ -46,6 +54,9 @@ def test_build_add_remove_info_json(tmp_path: Path, tiny_model: str, messy_corpu
     assert removed["removed"] == 1 and removed["records"] == built["records"] + 2
     removed = _ok_json(_run("remove", "--index", ix, "--source", tmp_path / "extra", "--json"))
     assert removed["removed"] == 2 and removed["shards"]["extra"]["records"] == 0
+    assert removed["unmatched_ids"] == [] and removed["unmatched_sources"] == []
+    nothing = _run("remove", "--index", ix, "--id", "7")
+    assert nothing.exit_code == 2 and "no record matches --id 7" in nothing.stderr
 
 
 def test_human_output(tmp_path: Path, tiny_model: str, corpus: Path) -> None:

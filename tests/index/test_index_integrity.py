@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from index_corpora import exact_search
 from typer.testing import CliRunner
 
 from index import PrivateIndex, build_index, expand_user, load_encoder
@@ -69,7 +70,9 @@ def test_damaged_metadata_is_refused_before_a_remove_reads_it(built: Path) -> No
 def test_a_verified_shard_answers_like_before(built: Path) -> None:
     plain, mapped = PrivateIndex.open(built), PrivateIndex.open(built, mmap=True)
     queries = np.asarray(plain.shard("default").embeddings[:3])
-    np.testing.assert_array_equal(plain.search(queries, 5)[1], mapped.search(queries, 5)[1])
+    np.testing.assert_array_equal(
+        exact_search(plain.shards(), queries, 5)[1], exact_search(mapped.shards(), queries, 5)[1]
+    )
 
 
 def test_a_manifest_without_checksums_is_refused(built: Path) -> None:

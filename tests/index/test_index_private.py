@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_corpora import noise_image, write_good_images
+from index_corpora import exact_search, noise_image, write_good_images
 
 from index import PrivateIndex, build_index, load_encoder
 from index.errors import IndexCorruptError, IndexInputError
@@ -40,22 +40,22 @@ def test_add_then_remove_then_search_never_returns_removed(built: Path, tmp_path
     assert report.added == 6 and report.encoded == 6 and idx.info()["records"] == 30
     shard = idx.shard("default")
     victim = content_id(noise_image(402))
-    own = shard.vectors(np.array([victim]))
-    _, top = idx.search(own, 1)
+    own = shard.rows(np.flatnonzero(shard.ids == victim))
+    _, top = exact_search(idx.shards(), own, 1)
     assert top[0, 0] == victim  # its own embedding finds it
-    assert idx.remove(ids=[victim]) == 1
+    assert idx.remove(ids=[victim]).removed == 1
     for reopened in (idx, PrivateIndex.open(built), PrivateIndex.open(built, mmap=True)):
         assert reopened.info()["records"] == 29
-        _, ids = reopened.search(own, 100)
+        _, ids = exact_search(reopened.shards(), own, 100)
         assert victim not in ids and victim not in reopened.shard("default").ids
-        with pytest.raises(IndexInputError):
-            reopened.shard("default").vectors(np.array([victim]))
+        assert not np.isin(victim, reopened.shard("default").ids_at(np.arange(29)))
     assert not any(s.endswith("img402.png") for s in _all_sources(built))
     for emb in built.rglob("*.npy"):  # the removed row is gone from every file on disk
         rows = np.load(emb)
         if rows.ndim == 2:
             assert not np.any(np.all(np.isclose(rows, own), axis=1))
-    assert idx.remove(ids=[victim]) == 0  # already gone
+    with pytest.raises(IndexInputError, match=f"no record matches --id {victim}"):
+        idx.remove(ids=[victim])  # already gone: nothing matched is an input error, nothing is committed
     assert idx.info()["last_operation"]["op"] == "remove"
 
 
@@ -66,10 +66,10 @@ def test_remove_by_source_file_folder_and_duplicate_copy(
     build_index(corpus, tmp_path / "ix", model=tiny_model, progress=False)
     idx = PrivateIndex.open(tmp_path / "ix")
     assert idx.info()["records"] == 24
-    assert idx.remove(sources=[str(corpus / "img002.png")]) == 1
-    assert idx.remove(sources=[str(corpus / "copy_of_0.bmp")]) == 1  # any copy removes the picture
+    assert idx.remove(sources=[str(corpus / "img002.png")]).removed == 1
+    assert idx.remove(sources=[str(corpus / "copy_of_0.bmp")]).removed == 1  # any copy removes the picture
     assert content_id(noise_image(0)) not in idx.shard("default").ids
-    assert idx.remove(sources=[str(corpus / "nested")]) == 12  # a folder removes everything under it
+    assert idx.remove(sources=[str(corpus / "nested")]).removed == 12  # a folder removes everything under it
     assert idx.info()["records"] == 10
     with pytest.raises(IndexInputError, match="nothing to remove"):
         idx.remove()
@@ -84,7 +84,7 @@ def test_a_record_belongs_to_exactly_one_shard(tmp_path: Path, tiny_model: str) 
     idx = PrivateIndex.open(tmp_path / "ix")
     a, b = set(idx.shard("a").ids.tolist()), set(idx.shard("b").ids.tolist())
     assert not a & b and len(a | b) == 15
-    _, only_b = idx.search(idx.shard("b").embeddings, 3, shards=["b"])
+    _, only_b = exact_search(idx.shards(["b"]), idx.shard("b").embeddings, 3)
     assert set(only_b.ravel().tolist()) <= b
     with pytest.raises(IndexInputError, match="no shard 'c'"):
         idx.shard("c")
@@ -93,7 +93,7 @@ def test_a_record_belongs_to_exactly_one_shard(tmp_path: Path, tiny_model: str) 
 def test_mmap_open_is_read_only_and_searches_the_same(built: Path) -> None:
     plain, mapped = PrivateIndex.open(built), PrivateIndex.open(built, mmap=True)
     q = plain.shard("default").embeddings[:5]
-    for a, b in zip(plain.search(q, 4), mapped.search(q, 4), strict=True):
+    for a, b in zip(exact_search(plain.shards(), q, 4), exact_search(mapped.shards(), q, 4), strict=True):
         np.testing.assert_array_equal(a, b)
     emb = mapped.shard("default").embeddings
     assert isinstance(emb, np.memmap) and not emb.flags.writeable
@@ -227,11 +227,12 @@ def test_a_second_writer_is_refused_while_one_holds_the_lock(built: Path, corpus
 
 def test_an_emptied_shard_still_opens_searches_and_refills(built: Path, corpus: Path) -> None:
     idx = PrivateIndex.open(built)
-    assert idx.remove(sources=[str(corpus)]) == 24
+    assert idx.remove(sources=[str(corpus)]).removed == 24
     shard = idx.shard("default")
     assert shard.num_records == 0 and shard.embeddings.shape == (0, 16)
-    assert shard.vectors(np.array([], dtype=np.int64)).shape == (0, 16)
-    scores, ids = idx.search(np.ones((2, 16), np.float32), 3)
+    assert shard.rows(np.array([], dtype=np.int64)).shape == (0, 16)
+    assert idx.info()["shards"]["default"]["empty"] is True
+    scores, ids = exact_search(idx.shards(), np.ones((2, 16), np.float32) / 4, 3)
     assert (ids == -1).all() and np.isneginf(scores).all()
     report = idx.add(corpus, shard="default")
     assert report.encoded == 24 and idx.info()["records"] == 24  # removed embeddings were not kept anywhere

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from index_corpora import write_good_images
 
-from index import PrivateIndex, build_index, store
+from index import PrivateIndex, build_index, fs, store
 from index.errors import IndexInputError
 
 
@@ -107,14 +107,14 @@ def test_failed_commit_keeps_the_old_manifest_and_cleans_up_later(
     ix = tmp_path / "ix"
     build_index(corpus, ix, model=tiny_model, progress=False)
     before = _snapshot(ix)
-    real = store.atomic_write_json
+    real = fs.atomic_write_json
 
     def crash_on_top_manifest(path: Path, payload: dict) -> None:
         if path == ix / store.MANIFEST:
             raise OSError(28, "No space left on device")
         real(path, payload)
 
-    monkeypatch.setattr(store, "atomic_write_json", crash_on_top_manifest)
+    monkeypatch.setattr(fs, "atomic_write_json", crash_on_top_manifest)
     write_good_images(tmp_path / "more", 4, start=900)
     with pytest.raises(OSError, match="No space"):
         build_index(tmp_path / "more", ix, shard="more", progress=False)

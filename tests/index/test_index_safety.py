@@ -9,6 +9,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from index_corpora import exact_search
 
 from index import PrivateIndex, build_index, is_dp_safe
 from index.errors import IndexInputError, UnsafeIndexError
@@ -69,15 +70,30 @@ def test_ivf_flat_with_public_quantiser(tmp_path: Path, tiny_model: str, corpus:
     )  # keep a reference: it owns the C++ object
     trained = faiss.extract_index_ivf(stored)
     np.testing.assert_array_equal(centroids, trained.quantizer.reconstruct_n(0, trained.nlist))  # public only
-    ivf.nprobe = ivf.nlist  # probing every list makes IVF exact
-    q = shard.embeddings[:4]
-    scores, got = idx.search(q, 5)
+    q = np.ascontiguousarray(shard.embeddings[:4])
+    # The shard primitives restrict to the lists faiss probes (manifest nprobe) and score exactly inside them.
+    _, got = exact_search([shard], q, 5)
+    _, faiss_got = shard.faiss_index.search(q, 5)
+    np.testing.assert_array_equal(got, faiss_got)
+    lists = np.empty(shard.num_records, np.int64)  # every row's list is the one faiss stored it in
+    position = {int(i): p for p, i in enumerate(shard.ids)}
+    for lst in range(ivf.nlist):
+        for label in faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), ivf.invlists.list_size(lst)):
+            lists[position[int(label)]] = lst
+    probed = ivf.quantizer.search(q[:1], ivf.nprobe)[1][0]
+    np.testing.assert_array_equal(
+        shard.restrict(q[0], np.arange(shard.num_records)), np.flatnonzero(np.isin(lists, probed))
+    )
+    everything = np.arange(shard.num_records)
+    ivf.nprobe = ivf.nlist  # probing every list makes faiss exact: compare with numpy on all rows
     brute = shard.embeddings @ q.T
+    _, all_lists = shard.faiss_index.search(q, 5)
     for j in range(4):
-        assert got[j].tolist() == shard.ids[np.argsort(-brute[:, j])[:5]].tolist()
+        assert all_lists[j].tolist() == shard.ids[np.argsort(-brute[:, j])[:5]].tolist()
+        assert got[j, 0] == shard.ids_at(everything)[np.argmax(brute[:, j])]  # a row finds itself
     victim = int(got[0, 0])
     idx.remove(ids=[victim])
-    assert victim not in idx.search(q, 24)[1]
+    assert victim not in exact_search(idx.shards(), q, 24)[1]
     mapped = PrivateIndex.open(tmp_path / "ix", mmap=True)
     assert mapped.info()["records"] == 23
 

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
+from index import MemoryShard
 from pipeline.errors import PipelineInputError
 from pipeline.mechanism import aggregate, poisson_subsample, privatize, secure_rng, subsample_topk
 
@@ -20,20 +21,23 @@ def _unit_rows(rng: np.random.Generator, n: int, d: int = D) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def _flat_ip(rows: np.ndarray, ids: np.ndarray) -> faiss.Index:
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(rows.shape[1]))
-    index.add_with_ids(rows, ids.astype(np.int64))
-    return index
+def _flat_ip(rows: np.ndarray, ids: np.ndarray) -> MemoryShard:
+    return MemoryShard(rows, ids.astype(np.int64))
 
 
-def _flat_l2(rows: np.ndarray, ids: np.ndarray) -> faiss.Index:
-    """A non-inner-product index: exercises the IDSelectorBatch search path."""
-    index = faiss.IndexIDMap2(faiss.IndexFlatL2(rows.shape[1]))
-    index.add_with_ids(rows, ids.astype(np.int64))
-    return index
+def _public_quantizer(lists: int, d: int = D) -> faiss.Index:
+    """A coarse quantizer whose centroids are public (drawn independently of the records)."""
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(_unit_rows(np.random.default_rng(1234), lists, d))
+    return quantizer
 
 
-BUILDERS = pytest.mark.parametrize("build", [_flat_ip, _flat_l2], ids=["flat-ip-gather", "id-selector-search"])
+def _ivf_all_lists(rows: np.ndarray, ids: np.ndarray) -> MemoryShard:
+    """ivf-flat probing every list: the restriction keeps everything, so the mechanism must equal flat."""
+    return MemoryShard(rows, ids.astype(np.int64), quantizer=_public_quantizer(3), nprobe=3)
+
+
+BUILDERS = pytest.mark.parametrize("build", [_flat_ip, _ivf_all_lists], ids=["flat", "ivf-all-lists"])
 
 
 # ----------------------------------------------------------------------------------------- Poisson subsample
@@ -173,18 +177,72 @@ def test_a_sample_smaller_than_k_returns_fewer_ids_and_never_the_full_set(build)
     assert max(sizes) <= 2 and np.mean(sizes) < 0.2
 
 
-def test_bare_flat_index_uses_positions_as_ids() -> None:
+def test_rows_without_ids_use_positions_as_ids() -> None:
     rng = np.random.default_rng(2)
     rows = _unit_rows(rng, 6)
-    index = faiss.IndexFlatIP(D)
-    index.add(rows)
-    np.testing.assert_array_equal(subsample_topk(index, rows[4], 6, 1.0, rng), np.argsort(-(rows @ rows[4]), kind="stable"))
+    shard = MemoryShard(rows)
+    np.testing.assert_array_equal(subsample_topk(shard, rows[4], 6, 1.0, rng), np.argsort(-(rows @ rows[4]), kind="stable"))
 
 
-def test_empty_index_returns_no_ids() -> None:
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(D))
+@BUILDERS
+def test_empty_index_returns_no_ids(build) -> None:
+    shard = build(np.empty((0, D), np.float32), np.empty(0, np.int64))
     query = np.eye(D, dtype=np.float32)[0]
-    assert subsample_topk(index, query, 3, 0.5, np.random.default_rng(0)).size == 0
+    assert subsample_topk(shard, query, 3, 0.5, np.random.default_rng(0)).size == 0
+
+
+# ----------------------------------------------------------------------------------------- ivf-flat
+
+
+def _ivf_two_lists() -> tuple[faiss.Index, np.ndarray]:
+    """A public quantizer with two orthogonal centroids e0 and e1."""
+    quantizer = faiss.IndexFlatIP(D)
+    eye = np.eye(D, dtype=np.float32)
+    quantizer.add(eye[:2])
+    return quantizer, eye
+
+
+def test_ivf_restrict_keeps_only_rows_of_the_probed_public_lists() -> None:
+    quantizer, eye = _ivf_two_lists()
+    near0 = (eye[0] + 0.1 * eye[2]) / np.linalg.norm(eye[0] + 0.1 * eye[2])
+    near1 = (eye[1] + 0.1 * eye[3]) / np.linalg.norm(eye[1] + 0.1 * eye[3])
+    rows = np.stack([near0, near1, near0, near1, eye[0], eye[1]])
+    shard = MemoryShard(rows, np.arange(10, 16), quantizer=quantizer, nprobe=1)
+    everything = np.arange(6, dtype=np.int64)
+    np.testing.assert_array_equal(shard.restrict(eye[0], everything), [0, 2, 4])
+    np.testing.assert_array_equal(shard.restrict(eye[1], everything[[1, 2, 5]]), [1, 5])
+    # The mechanism never returns a record outside the probed lists, even the best-scoring one.
+    query = (eye[0] + 0.01 * eye[1]) / np.linalg.norm(eye[0] + 0.01 * eye[1])
+    assert set(subsample_topk(shard, query, 6, 1.0, np.random.default_rng(0)).tolist()) == {10, 12, 14}
+    both = MemoryShard(rows, np.arange(10, 16), quantizer=quantizer, nprobe=2)
+    np.testing.assert_array_equal(both.restrict(eye[0], everything), everything)
+
+
+def test_ivf_ties_at_the_kth_score_are_broken_by_id_exactly_as_on_flat() -> None:
+    """Issue 9: crafted tied vectors in one probed list; IVF returns the same ids as flat, smallest ids first."""
+    quantizer, eye = _ivf_two_lists()
+    best = eye[0]
+    tied = (eye[0] + eye[2]) / np.linalg.norm(eye[0] + eye[2])
+    other = eye[1]  # in the unprobed list
+    rows = np.stack([tied, other, tied, best, tied, tied, tied])
+    ids = np.array([8, 1, 2, 40, 5, 6, 3])
+    ivf = MemoryShard(rows, ids, quantizer=quantizer, nprobe=1)
+    flat = MemoryShard(rows[ids != 1], ids[ids != 1])
+    for k in (2, 3, 4):
+        got = subsample_topk(ivf, best, k, 1.0, np.random.default_rng(0))
+        np.testing.assert_array_equal(got, subsample_topk(flat, best, k, 1.0, np.random.default_rng(0)))
+    assert list(subsample_topk(ivf, best, 3, 1.0, np.random.default_rng(0))) == [40, 2, 3]
+
+
+def test_memory_shard_refuses_rows_that_are_not_unit_vectors() -> None:
+    from index import IndexInputError
+
+    with pytest.raises(IndexInputError, match="unit-norm"):
+        MemoryShard(np.full((2, D), 2.0, np.float32))
+    bad = _unit_rows(np.random.default_rng(0), 2)
+    bad[1, 0] = np.nan
+    with pytest.raises(IndexInputError, match="finite"):
+        MemoryShard(bad)
 
 
 # ----------------------------------------------------------------------------------------- aggregate
@@ -296,7 +354,7 @@ _QUERY = np.eye(D, dtype=np.float32)[0]
     ids=["k-zero", "k-float", "k-bool", "q-zero", "q-above-one", "q-nan", "query-dim", "query-norm", "query-nan", "rng-int"],
 )
 def test_subsample_topk_rejects_bad_input(kwargs: dict, match: str) -> None:
-    args = {"index": _INDEX, "query": _QUERY, "k": 2, "q": 0.5, "rng": np.random.default_rng(0)} | kwargs
+    args = {"shard": _INDEX, "query": _QUERY, "k": 2, "q": 0.5, "rng": np.random.default_rng(0)} | kwargs
     with pytest.raises(PipelineInputError, match=match):
         subsample_topk(**args)
 
