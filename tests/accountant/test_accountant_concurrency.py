@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from accountant_testlib import DELTA, MECH, budget_for, raw
+from accountant_testlib import DELTA, MECH, N, budget_for, raw
 
 from accountant import BudgetExceeded, Ledger, LedgerUnavailable
 
@@ -32,8 +32,8 @@ def _racer(path: str, barrier, results) -> None:
 
 def test_four_processes_race_get_exactly_m_successes(ledger_path):
     with Ledger(ledger_path) as book:
-        book.create_scope("a", epsilon=budget_for(FIT), delta=DELTA, mechanism=MECH)
-        book.create_scope("b", epsilon=budget_for(FIT + 5), delta=DELTA, mechanism=MECH)
+        book.create_scope("a", epsilon=budget_for(FIT), delta=DELTA, mechanism=MECH, records=N)
+        book.create_scope("b", epsilon=budget_for(FIT + 5), delta=DELTA, mechanism=MECH, records=N)
     barrier, results = CTX.Barrier(4), CTX.Queue()
     procs = [CTX.Process(target=_racer, args=(str(ledger_path), barrier, results)) for _ in range(4)]
     for p in procs:
@@ -62,7 +62,7 @@ def _charge_forever(path: str, done, reached, threshold: int) -> None:
 @pytest.mark.parametrize("threshold", [1, 7, 25], ids=["after1", "after7", "after25"])
 def test_kill_9_during_charging_loses_no_committed_spend(ledger_path, threshold):
     with Ledger(ledger_path) as book:
-        book.create_scope("big", epsilon=budget_for(10**6), delta=DELTA, mechanism=MECH)
+        book.create_scope("big", epsilon=budget_for(10**6), delta=DELTA, mechanism=MECH, records=N)
     done, reached = CTX.RawValue("q", 0), CTX.Event()
     child = CTX.Process(target=_charge_forever, args=(str(ledger_path), done, reached, threshold))
     child.start()
@@ -118,7 +118,7 @@ def test_kill_9_inside_an_open_write_transaction_rolls_it_back(ledger, ledger_pa
 
 def test_lock_held_by_another_writer_refuses_after_timeout(ledger_path):
     with Ledger(ledger_path) as book:
-        book.create_scope("a", epsilon=budget_for(5), delta=DELTA, mechanism=MECH)
+        book.create_scope("a", epsilon=budget_for(5), delta=DELTA, mechanism=MECH, records=N)
     holder = raw(ledger_path)
     holder.execute("BEGIN IMMEDIATE")
     book = Ledger(ledger_path, create=False, timeout=0.2)
