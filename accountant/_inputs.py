@@ -128,10 +128,17 @@ def check_ids(ids: Any) -> np.ndarray:
     try:
         array = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
     except TypeError as err:
-        raise AccountantInputError(f"ids must be a sequence of int64 content ids; found {type(ids).__name__}") from err
+        raise AccountantInputError(
+            f"ids must be a sequence of int64 content ids; found {type(ids).__name__}"
+        ) from err
     if array.size == 0:
         return np.zeros(0, dtype=np.int64)
-    if array.ndim != 1 or array.dtype.kind not in "iu" or array.dtype == np.uint64 and array.max() > 2**63 - 1:
+    if (
+        array.ndim != 1
+        or array.dtype.kind not in "iu"
+        or array.dtype == np.uint64
+        and array.max() > 2**63 - 1
+    ):
         raise AccountantInputError(
             f"ids must be a 1-d sequence of integer content ids; found dtype {array.dtype}, shape {array.shape}"
         )
@@ -143,7 +150,9 @@ def check_records_map(records: Mapping[str, int] | None) -> dict[str, int]:
     if records is None:
         return {}
     if not isinstance(records, Mapping):
-        raise AccountantInputError(f"records must map scope names to record counts; found {type(records).__name__}")
+        raise AccountantInputError(
+            f"records must map scope names to record counts; found {type(records).__name__}"
+        )
     out = {}
     for name, n in records.items():
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:

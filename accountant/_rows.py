@@ -98,8 +98,25 @@ def per_query(mechanism: Mechanism, orders: tuple[float, ...]) -> tuple[np.ndarr
 
 def parse_row(row: tuple) -> ScopeRow:
     """Parse a ``SCOPE_SQL`` row; raises ValueError naming what is unreadable."""
-    (name, eps, delta, k, q, sigma, orders, records, version, created, adjacency, queries, rdp_blob,
-     order, events, carried_blob, extra_blob) = row
+    (
+        name,
+        eps,
+        delta,
+        k,
+        q,
+        sigma,
+        orders,
+        records,
+        version,
+        created,
+        adjacency,
+        queries,
+        rdp_blob,
+        order,
+        events,
+        carried_blob,
+        extra_blob,
+    ) = row
     try:
         if rdp_blob is None or queries is None or carried_blob is None or extra_blob is None:
             raise ValueError("no spend row")

@@ -346,7 +346,9 @@ def _subsampled_gaussian(q: float, count: int):
     return make_event
 
 
-def _calibrate_z(make_event, *, epsilon: float, delta: float, orders: tuple[float, ...], what: str, fix: str) -> float:
+def _calibrate_z(
+    make_event, *, epsilon: float, delta: float, orders: tuple[float, ...], what: str, fix: str
+) -> float:
     """Brent (``dp_accounting.calibrate_dp_mechanism``, RDP accountant, add/remove-one) for the noise multiplier.
 
     ``NoBracketIntervalFoundError`` lives in ``dp_accounting.mechanism_calibration`` (not at the top level of
@@ -405,7 +407,9 @@ def calibrate_noise_multiplier(
     make_event = _subsampled_gaussian(q, steps)
     what = f"the noise multiplier for {steps} steps at q={q:g}"
     z = _ceil_significant(
-        _calibrate_z(make_event, epsilon=epsilon, delta=delta, orders=orders, what=what, fix="raise --epsilon")
+        _calibrate_z(
+            make_event, epsilon=epsilon, delta=delta, orders=orders, what=what, fix="raise --epsilon"
+        )
     )
     for _ in range(1000):
         vector = event_rdp(make_event(z), tuple(orders))

@@ -224,7 +224,9 @@ def _check_gaussian_like(event: Any, *, composed: bool) -> None:
     if isinstance(event, dpa.SelfComposedDpEvent) and not composed:
         count = event.count
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-            raise AccountantInputError(f"SelfComposedDpEvent count must be an integer >= 1; found {count!r:.30}")
+            raise AccountantInputError(
+                f"SelfComposedDpEvent count must be an integer >= 1; found {count!r:.30}"
+            )
         _check_gaussian_like(event.event, composed=True)
         return
     raise AccountantInputError(

@@ -96,7 +96,9 @@ __all__ = ["Ledger"]
 _CHUNK = 500  # ids per IN (...) statement (SQLite's default variable limit is far above)
 
 
-def _migration_filter_order(epsilon: float, delta: float, k: int, q: float, sigma: float, orders: str) -> float:
+def _migration_filter_order(
+    epsilon: float, delta: float, k: int, q: float, sigma: float, orders: str
+) -> float:
     """alpha* of a schema-v1 scope: optimal for the most queries its mechanism and budget admit."""
     grid = orders_from_json(orders)
     vector = event_rdp(Mechanism(k=k, q=q, sigma=sigma).dp_event(), grid)
@@ -397,8 +399,10 @@ class Ledger:
         with self._store.transaction("creating scopes") as conn:
             existing = sorted(set(names) & set(self._names(conn)))
             if existing:
-                which = f"scope '{existing[0]}' already exists" if len(existing) == 1 else (
-                    f"scopes {', '.join(existing)} already exist"
+                which = (
+                    f"scope '{existing[0]}' already exists"
+                    if len(existing) == 1
+                    else (f"scopes {', '.join(existing)} already exist")
                 )
                 raise AccountantInputError(
                     f"{which} in ledger {self._path}; a scope's mechanism and budget are fixed, so use a new scope "
@@ -548,7 +552,9 @@ class Ledger:
             )
             for st in statuses
         )
-        return Receipt(group_id=group, time=now, caller=caller, purpose=purpose, lines=lines, statuses=statuses)
+        return Receipt(
+            group_id=group, time=now, caller=caller, purpose=purpose, lines=lines, statuses=statuses
+        )
 
     def fits(
         self,

@@ -45,5 +45,3 @@ class LedgerBackend(Protocol):
 
     def close(self) -> None:
         """Release the connections."""
-
-

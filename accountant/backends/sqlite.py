@@ -139,7 +139,10 @@ def _migrate_to_v2(conn: sqlite3.Connection, filter_order: FilterOrderFn) -> Non
 
 
 #: Ordered migrations: entry i brings user_version i to i + 1.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection, FilterOrderFn], None], ...] = (_migrate_to_v1, _migrate_to_v2)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection, FilterOrderFn], None], ...] = (
+    _migrate_to_v1,
+    _migrate_to_v2,
+)
 
 _INHERITED: list[sqlite3.Connection] = []  # connections inherited through fork: never used, never closed
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -257,7 +260,10 @@ class SqliteBackend:
             if version == 0 and not existed:  # created by us, or by a racing process that is initialising it
                 self._initialise(conn)
             else:
-                if 0 < version < SCHEMA_VERSION and conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
+                if (
+                    0 < version < SCHEMA_VERSION
+                    and conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+                ):
                     self._upgrade(conn)
                 self._check_schema(conn)
 

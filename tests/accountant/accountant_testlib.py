@@ -26,7 +26,9 @@ def raw(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(str(path), isolation_level=None, timeout=5)
 
 
-def filter_epsilon_for(queries: int, order: float, mechanism: Mechanism = MECH, delta: float = DELTA) -> float:
+def filter_epsilon_for(
+    queries: int, order: float, mechanism: Mechanism = MECH, delta: float = DELTA
+) -> float:
     """The fixed-order filter's epsilon after ``queries`` queries at ``order`` (an independent recomputation)."""
     vector = event_rdp(mechanism.dp_event())
     return float(rdp.compute_epsilon([order], [queries * vector[DEFAULT_ORDERS.index(order)]], delta)[0])

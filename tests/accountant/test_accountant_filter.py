@@ -28,7 +28,9 @@ TRAINING = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.02, dpa.GaussianD
 
 
 def _reference_rdp(event: dpa.DpEvent) -> np.ndarray:
-    return rdp.RdpAccountant(list(DEFAULT_ORDERS), dpa.NeighboringRelation.ADD_OR_REMOVE_ONE).compose(event).rdp
+    return (
+        rdp.RdpAccountant(list(DEFAULT_ORDERS), dpa.NeighboringRelation.ADD_OR_REMOVE_ONE).compose(event).rdp
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,7 +88,9 @@ def test_adaptive_sequence_halts_before_the_filter_sum_exceeds_the_budget(ledger
             spent = book.status("s").rdp_spent
             # adaptive: the less budget is left, the less noise the analyst asks for (the worst case for a filter)
             z = max(0.5, 6.0 - 40.0 * spent) if step % 3 else 3.0
-            event = dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(z)) if step % 2 else dpa.GaussianDpEvent(z)
+            event = (
+                dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(z)) if step % 2 else dpa.GaussianDpEvent(z)
+            )
             cost = float(_reference_rdp(event)[i])
             try:
                 book.charge("s", event=event)
@@ -105,7 +109,11 @@ def test_adaptive_sequence_halts_before_the_filter_sum_exceeds_the_budget(ledger
 
 
 def test_unsupported_event_is_refused_and_nothing_charged(ledger):
-    for event in (dpa.LaplaceDpEvent(1.0), dpa.NonPrivateDpEvent(), dpa.ComposedDpEvent([dpa.GaussianDpEvent(1.0)])):
+    for event in (
+        dpa.LaplaceDpEvent(1.0),
+        dpa.NonPrivateDpEvent(),
+        dpa.ComposedDpEvent([dpa.GaussianDpEvent(1.0)]),
+    ):
         with pytest.raises(AccountantInputError, match="unsupported privacy event"):
             ledger.charge("a", event=event)
     with pytest.raises(AccountantInputError, match="GaussianDpEvent inside"):
@@ -148,7 +156,9 @@ def test_create_scopes_is_all_or_none(ledger_path):
         with pytest.raises(AccountantInputError, match="must be below 1/N"):
             book.create_scopes([good, bad])
         assert book.scopes() == []
-        statuses = book.create_scopes([good, ScopeSpec(name="c", epsilon=2.0, delta=DELTA, k=4, q=0.1, queries=50)])
+        statuses = book.create_scopes(
+            [good, ScopeSpec(name="c", epsilon=2.0, delta=DELTA, k=4, q=0.1, queries=50)]
+        )
         assert [s.scope for s in statuses] == ["a", "c"] and book.scopes() == ["a", "c"]
         with pytest.raises(AccountantInputError, match="scope 'a' already exists"):
             book.create_scopes([ScopeSpec(name="d", epsilon=1.0, delta=DELTA, mechanism=MECH), good])

@@ -72,7 +72,9 @@ def test_exact_boundary_mth_accepted_next_refused(ledger, ledger_path):
 
 def test_budget_one_ulp_below_the_mth_admits_one_less(ledger_path):
     with Ledger(ledger_path) as book:
-        book.create_scope("s", epsilon=math.nextafter(budget_for(5), 0.0), delta=DELTA, mechanism=MECH, records=N)
+        book.create_scope(
+            "s", epsilon=math.nextafter(budget_for(5), 0.0), delta=DELTA, mechanism=MECH, records=N
+        )
         assert book.status("s").queries_remaining == 4
         for _ in range(4):
             book.charge("s")
@@ -206,7 +208,9 @@ def test_create_scope_refuses_bad_input(ledger_path, override, message):
 
 def test_existing_scope_name_is_refused(ledger):
     with pytest.raises(AccountantInputError, match="scope 'a' already exists .* use a new scope name"):
-        ledger.create_scope("a", epsilon=5.0, delta=1e-6, mechanism=Mechanism(k=4, q=0.5, sigma=1.0), records=N)
+        ledger.create_scope(
+            "a", epsilon=5.0, delta=1e-6, mechanism=Mechanism(k=4, q=0.5, sigma=1.0), records=N
+        )
     assert ledger.mechanism("a") == MECH
 
 

@@ -93,7 +93,9 @@ def test_refusal_is_monotone(tmp_path_factory, fit, asks):
     path = Path(tmp_path_factory.mktemp("r")) / "budget.sqlite"
     refused_at = None
     with Ledger(path) as book:
-        book.create_scope("s", epsilon=epsilon_for(m, queries=fit, delta=DELTA), delta=DELTA, mechanism=m, records=N)
+        book.create_scope(
+            "s", epsilon=epsilon_for(m, queries=fit, delta=DELTA), delta=DELTA, mechanism=m, records=N
+        )
         for size in asks:
             try:
                 book.charge("s", count=size)
