@@ -19,7 +19,7 @@ import numpy as np
 
 from accountant._rows import RTOL, SCOPE_SQL, parse_row, tampered, vector_from_blob
 from accountant.backends.sqlite import SCHEMA_VERSION
-from accountant.budget import scaled
+from accountant.budget import filter_epsilon, scaled, within_budget
 from accountant.errors import LedgerUnavailable
 from accountant.events import DP_ACCOUNTING_VERSION, event_from_json, event_rdp
 from accountant.records import ScopeCheck, VerifyReport
@@ -47,6 +47,51 @@ def _query_events(s) -> tuple[dpa.DpEvent, ...]:
     return (s.mechanism.dp_event(), legacy)
 
 
+def _replay_in_order(
+    conn: sqlite3.Connection, s, queries: tuple[dpa.DpEvent, ...], admissions: list, details: list[str]
+) -> tuple[np.ndarray, int]:
+    """Replay charges and admissions in log order with the charges' own float operations.
+
+    Returns the sum of the non-query events (``extra``) and their count, and notes in ``details`` any charge the
+    filter would have refused when it was made (an admission logged after charge id j applies before j + 1).
+    """
+    extra, events, n = np.zeros_like(s.per_query), 0, 0
+    carried = np.zeros_like(s.per_query)
+    pending = list(admissions)
+    i = s.order_index
+    for charge_id, event_text, count in conn.execute(
+        "SELECT id, event, count FROM charges WHERE scope = ? ORDER BY id", (s.name,)
+    ):
+        while pending and pending[0][0] < charge_id:
+            carried = np.maximum(carried, pending.pop(0)[1])
+        try:
+            event = event_from_json(event_text)
+        except LedgerUnavailable:
+            continue  # already reported
+        if event in queries:
+            n += count
+        else:
+            extra = extra + count * event_rdp(event, s.orders)
+            events += count
+        spent = float(((carried + extra) + scaled(n, s.per_query))[i])
+        # 1e-12 relative slack: schema-v1 queries were admitted with the textbook multiplier, a few ulps off
+        if not within_budget(
+            filter_epsilon(spent, order=s.filter_order, delta=s.delta), s.epsilon * (1 + 1e-12)
+        ):
+            details.append(f"charge {charge_id} exceeded the filter when it was made")
+            break
+    else:
+        return extra, events
+    for _, event_text, count in conn.execute(  # finish the sums after a reported violation
+        "SELECT id, event, count FROM charges WHERE scope = ? AND id > ? ORDER BY id", (s.name, charge_id)
+    ):
+        event = event_from_json(event_text)
+        if event not in queries:
+            extra = extra + count * event_rdp(event, s.orders)
+            events += count
+    return extra, events
+
+
 def _check_scope(conn: sqlite3.Connection, row: tuple, logged: list[tuple[str, int]]) -> ScopeCheck:
     try:
         s = parse_row(row)
@@ -66,22 +111,21 @@ def _check_scope(conn: sqlite3.Connection, row: tuple, logged: list[tuple[str, i
             total += count
         else:
             others = True
-    extra, events = np.zeros_like(s.per_query), 0
-    if others:  # replay the other events in log order: the same float additions as the charges made
-        for event_text, count in conn.execute(
-            "SELECT event, count FROM charges WHERE scope = ? ORDER BY id", (s.name,)
-        ):
-            event = event_from_json(event_text)
-            if event not in queries:
-                extra = extra + count * event_rdp(event, s.orders)
-                events += count
-    carried = np.zeros_like(s.per_query)
-    for (blob,) in conn.execute("SELECT rdp FROM admissions WHERE scope = ? ORDER BY id", (s.name,)):
+    admissions = []
+    for after_charge, blob in conn.execute(
+        "SELECT after_charge, rdp FROM admissions WHERE scope = ? ORDER BY id", (s.name,)
+    ):
         admitted = vector_from_blob(blob) if isinstance(blob, bytes) else None
-        if admitted is None or admitted.shape != carried.shape:
+        if admitted is None or admitted.shape != s.per_query.shape:
             details.append("unreadable admission in the log")
             continue
+        admissions.append((int(after_charge), admitted))
+    carried = np.zeros_like(s.per_query)
+    for _, admitted in admissions:
         carried = np.maximum(carried, admitted)
+    extra, events = np.zeros_like(s.per_query), 0
+    if others or admissions:
+        extra, events = _replay_in_order(conn, s, queries, admissions, details)
     recomputed = (carried + extra) + scaled(total, s.per_query)
     worst = 0.0
     for stored, replayed in ((s.rdp, recomputed), (s.carried, carried), (s.extra, extra)):

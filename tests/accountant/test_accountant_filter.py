@@ -5,7 +5,7 @@ from __future__ import annotations
 import dp_accounting as dpa
 import numpy as np
 import pytest
-from accountant_testlib import DELTA, MECH, N, budget_for
+from accountant_testlib import DELTA, MECH, N, budget_for, raw
 from dp_accounting import rdp
 
 from accountant import (
@@ -14,6 +14,7 @@ from accountant import (
     BudgetExceeded,
     DeltaRefused,
     Ledger,
+    LedgerUnavailable,
     Mechanism,
     ScopeSpec,
     calibrate_noise_multiplier,
@@ -193,3 +194,30 @@ def test_calibrate_noise_multiplier_never_overshoots(q, steps, epsilon):
 
 def test_event_rdp_of_training_matches_dp_accounting():
     assert np.array_equal(event_rdp(TRAINING), _reference_rdp(TRAINING))
+
+
+def test_a_logged_event_beyond_the_filter_is_found_on_open(ledger_path):
+    """A charge row and matching spend forged past the budget: the ordered replay finds it (exit 3)."""
+    with Ledger(ledger_path) as book:
+        book.create_scope("s", epsilon=budget_for(10), delta=DELTA, mechanism=MECH, records=N)
+        book.charge("s", event=dpa.GaussianDpEvent(50.0))
+        book.charge("s", count=3)
+        history = book.history("s")
+    big = dpa.GaussianDpEvent(0.5)
+    from accountant._rows import vector_to_blob
+    from accountant.events import event_to_json
+
+    conn = raw(ledger_path)
+    conn.execute(
+        "INSERT INTO charges (group_id, time, scope, event, count, caller, purpose) VALUES (?, ?, 's', ?, 1, NULL, NULL)",
+        (history[0].group_id, history[0].time, event_to_json(big)),
+    )
+    extra = event_rdp(dpa.GaussianDpEvent(50.0)) + event_rdp(big)
+    total = extra + 3 * event_rdp(MECH.dp_event())
+    conn.execute(
+        "UPDATE spend SET events = 2, extra = ?, rdp = ? WHERE scope = 's'",
+        (vector_to_blob(extra), vector_to_blob(total)),
+    )
+    conn.close()
+    with pytest.raises(LedgerUnavailable, match="exceeded the filter when it was made"):
+        Ledger(ledger_path, create=False)
