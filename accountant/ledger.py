@@ -389,6 +389,10 @@ class Ledger:
             LedgerUnavailable: the ledger cannot be written.
         """
         self._writable()
+        return self._create_prepared(self._prepare_all(specs))
+
+    @staticmethod
+    def _prepare_all(specs: Sequence[ScopeSpec]) -> list[PreparedScope]:
         specs = list(specs)
         if not specs:
             raise AccountantInputError("create_scopes needs at least one ScopeSpec; found none")
@@ -396,13 +400,17 @@ class Ledger:
         names = [p.name for p in prepared]
         if len(set(names)) != len(names):
             raise AccountantInputError(f"scope names must be distinct; found {sorted(names)}")
+        return prepared
+
+    def _create_prepared(self, prepared: list[PreparedScope]) -> list[ScopeStatus]:
+        names = [p.name for p in prepared]
         with self._store.transaction("creating scopes") as conn:
             existing = sorted(set(names) & set(self._names(conn)))
             if existing:
                 which = (
                     f"scope '{existing[0]}' already exists"
                     if len(existing) == 1
-                    else (f"scopes {', '.join(existing)} already exist")
+                    else f"scopes {', '.join(existing)} already exist"
                 )
                 raise AccountantInputError(
                     f"{which} in ledger {self._path}; a scope's mechanism and budget are fixed, so use a new scope "
@@ -414,6 +422,31 @@ class Ledger:
             statuses = [self._status_of(self._load(conn, name)) for name in names]
         self._created_scopes.update(names)
         return statuses
+
+    @classmethod
+    def initialise(
+        cls, path: str | os.PathLike[str], specs: Sequence[ScopeSpec], *, timeout: float = 30.0
+    ) -> tuple[Ledger, list[ScopeStatus]]:
+        """``budget init`` as a library call: check every spec, then open (or create) the ledger and add them.
+
+        Every check (names, budgets, delta < 1/N, calibration, one query fits) runs before the file is touched;
+        then :meth:`create_scopes` runs in one transaction. If anything fails after the file was created by this
+        call, the new file is removed again (an existing ledger is never removed).
+
+        Returns:
+            The open ledger and the new scopes' statuses.
+
+        Raises:
+            AccountantInputError: a bad spec or an existing scope name; LedgerUnavailable: unusable ledger.
+        """
+        prepared = cls._prepare_all(specs)
+        book = cls(path, create=True, timeout=timeout)
+        try:
+            statuses = book._create_prepared(prepared)
+        except BaseException:
+            book.discard()
+            raise
+        return book, statuses
 
     def _insert_scope(self, conn: Any, p: PreparedScope, now: float) -> None:
         conn.execute(

@@ -221,3 +221,19 @@ def test_a_logged_event_beyond_the_filter_is_found_on_open(ledger_path):
     conn.close()
     with pytest.raises(LedgerUnavailable, match="exceeded the filter when it was made"):
         Ledger(ledger_path, create=False)
+
+
+def test_initialise_checks_everything_first_and_leaves_no_file_on_refusal(ledger_path):
+    bad = [
+        ScopeSpec(name="a", epsilon=1.0, delta=DELTA, mechanism=MECH, records=N),
+        ScopeSpec(name="b", epsilon=1e-9, delta=DELTA, mechanism=MECH, records=N),  # not even one query fits
+    ]
+    with pytest.raises(AccountantInputError, match="scope 'b': one query"):
+        Ledger.initialise(ledger_path, bad)
+    assert not ledger_path.exists()
+    book, statuses = Ledger.initialise(ledger_path, bad[:1])
+    with book:
+        assert [s.scope for s in statuses] == ["a"] and book.created
+    with pytest.raises(AccountantInputError, match="scope 'a' already exists"):
+        Ledger.initialise(ledger_path, bad[:1])
+    assert ledger_path.exists()  # an existing ledger is never removed
