@@ -71,7 +71,7 @@ from accountant._rows import (
     vector_from_blob,
     vector_to_blob,
 )
-from accountant.backends.sqlite import SqliteBackend, ledger_path
+from accountant.backends import LedgerBackend, SqliteBackend, ledger_path
 from accountant.budget import (
     filter_epsilon,
     filter_order,
@@ -91,7 +91,10 @@ from accountant.events import (
 )
 from accountant.records import Charge, Receipt, ReceiptLine, ScopeSpec, ScopeStatus, VerifyReport
 
-__all__ = ["Ledger"]
+__all__ = ["LEDGER_FILE_NAME", "Ledger"]
+
+#: File name of an index's ledger inside the index directory (``<index_dir>/budget.sqlite``).
+LEDGER_FILE_NAME = "budget.sqlite"
 
 _CHUNK = 500  # ids per IN (...) statement (SQLite's default variable limit is far above)
 
@@ -141,7 +144,7 @@ class Ledger:
         timeout: float = 30.0,
     ) -> None:
         self._path = ledger_path(path)
-        self._store = SqliteBackend(
+        self._store: LedgerBackend = SqliteBackend(
             self._path,
             create=create,
             read_only=read_only,
