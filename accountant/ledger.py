@@ -653,9 +653,16 @@ class Ledger:
         """Records join ``scope``: they bring their tombstoned loss (``W = max(W, tombstone(id))`` elementwise).
 
         Call it (from the index's commit hook) before the records become retrievable in the scope's shard. The
-        admission is logged so :meth:`verify` replays W. A scope whose W(alpha*) then exceeds its budget is
-        exhausted (every later charge is refused), which keeps each record's whole history under the filter
-        (see the module docstring). Ids without a tombstone carry nothing.
+        admission is logged so :meth:`verify` replays W. Ids without a tombstone carry nothing.
+
+        Why each record's whole history stays under the scope's filter (Feldman & Zrnic 2021, Thm 3.1, applied
+        to the record's complete event sequence at this scope's alpha*): the record's earlier events sum to at
+        most tombstone(id)(alpha*) <= W(alpha*) (a tombstone bounds the record's loss at every order; values from
+        another grid are taken at the next larger order, RDP being non-decreasing in the order), and every later
+        event is added to the scope's sum, which starts from W. So the record's filter sum is at most the
+        scope's, and the scope halts before its sum passes the budget; RDP is non-negative, so partial sums only
+        grow and every prefix is covered too. If W(alpha*) already exceeds the budget, the admission is still
+        recorded and simply exhausts the scope: no later event is admitted, so nothing new touches the record.
 
         Returns:
             The scope's status after the admission.
