@@ -17,9 +17,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from accountant.budget import check_delta, check_epsilon, scaled
+from accountant.budget import (
+    check_delta,
+    check_epsilon,
+    filter_epsilon,
+    filter_rdp_budget,
+    remaining_queries,
+    scaled,
+)
 from accountant.errors import AccountantInputError, LedgerUnavailable
 from accountant.events import ADJACENCY, Mechanism, event_rdp, event_to_json
+from accountant.records import ScopeStatus
 
 RTOL = 1e-9  # stored vs recomputed RDP (summation order changes the last bits, notes/accounting.md §1.4)
 
@@ -183,3 +191,39 @@ def on_grid(vector: np.ndarray, from_orders: tuple[float, ...], to_orders: tuple
     at = np.searchsorted(source, np.asarray(to_orders, dtype=np.float64), side="left")
     padded = np.append(values, np.inf)
     return padded[at]
+
+
+def status_of(s: ScopeRow) -> ScopeStatus:
+    """Status of a parsed scope: the filter's epsilon at alpha* and the exact queries it still admits."""
+    i, alpha = s.order_index, s.filter_order
+    spent = float(s.total()[i])
+    left = remaining_queries(
+        s.per_query[i : i + 1],
+        s.queries,
+        epsilon_budget=s.epsilon,
+        delta=s.delta,
+        orders=(alpha,),
+        base=s.base[i : i + 1],
+    )
+    return ScopeStatus(
+        scope=s.name,
+        epsilon_budget=s.epsilon,
+        delta=s.delta,
+        epsilon_spent=filter_epsilon(spent, order=alpha, delta=s.delta),
+        optimal_order=alpha if spent != 0.0 else None,
+        queries_charged=s.queries,
+        queries_remaining=left,
+        k=s.mechanism.k,
+        q=s.mechanism.q,
+        sigma=s.mechanism.sigma,
+        noise_multiplier=s.mechanism.noise_multiplier,
+        records=s.records,
+        orders=len(s.orders),
+        dp_accounting_version=s.version,
+        created=s.created,
+        filter_order=alpha,
+        rdp_spent=spent,
+        rdp_budget=filter_rdp_budget(s.epsilon, order=alpha, delta=s.delta),
+        rdp_carried=float(s.carried[i]),
+        events_charged=s.events,
+    )

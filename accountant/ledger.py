@@ -64,19 +64,17 @@ from accountant._rows import (
     SCOPE_SQL,
     ScopeRow,
     check_running,
-    on_grid,
     orders_from_json,
     parse_row,
+    status_of,
     tampered,
-    vector_from_blob,
     vector_to_blob,
 )
+from accountant._tombstones import admit_into, retire_from
 from accountant.backends import LedgerBackend, SqliteBackend, ledger_path
 from accountant.budget import (
     filter_epsilon,
     filter_order,
-    filter_rdp_budget,
-    remaining_queries,
     within_budget,
 )
 from accountant.errors import AccountantInputError, BudgetExceeded, DeltaRefused
@@ -95,8 +93,6 @@ __all__ = ["LEDGER_FILE_NAME", "Ledger"]
 
 #: File name of an index's ledger inside the index directory (``<index_dir>/budget.sqlite``).
 LEDGER_FILE_NAME = "budget.sqlite"
-
-_CHUNK = 500  # ids per IN (...) statement (SQLite's default variable limit is far above)
 
 
 def _migration_filter_order(
@@ -234,42 +230,6 @@ class Ledger:
         with self._store.snapshot("reading a scope") as conn:
             return self._load(conn, scope).mechanism
 
-    @staticmethod
-    def _status_of(s: ScopeRow) -> ScopeStatus:
-        """Status of a parsed scope: the filter's epsilon at alpha* and the exact queries it still admits."""
-        i, alpha = s.order_index, s.filter_order
-        spent = float(s.total()[i])
-        left = remaining_queries(
-            s.per_query[i : i + 1],
-            s.queries,
-            epsilon_budget=s.epsilon,
-            delta=s.delta,
-            orders=(alpha,),
-            base=s.base[i : i + 1],
-        )
-        return ScopeStatus(
-            scope=s.name,
-            epsilon_budget=s.epsilon,
-            delta=s.delta,
-            epsilon_spent=filter_epsilon(spent, order=alpha, delta=s.delta),
-            optimal_order=alpha if spent != 0.0 else None,
-            queries_charged=s.queries,
-            queries_remaining=left,
-            k=s.mechanism.k,
-            q=s.mechanism.q,
-            sigma=s.mechanism.sigma,
-            noise_multiplier=s.mechanism.noise_multiplier,
-            records=s.records,
-            orders=len(s.orders),
-            dp_accounting_version=s.version,
-            created=s.created,
-            filter_order=alpha,
-            rdp_spent=spent,
-            rdp_budget=filter_rdp_budget(s.epsilon, order=alpha, delta=s.delta),
-            rdp_carried=float(s.carried[i]),
-            events_charged=s.events,
-        )
-
     def status(self, scope: str) -> ScopeStatus:
         """Budget state of ``scope``: the filter's epsilon spent (at alpha*) and exact queries remaining.
 
@@ -279,7 +239,7 @@ class Ledger:
         """
         with self._store.snapshot("reading a scope") as conn:
             s = self._load(conn, scope)
-        return self._status_of(s)
+        return status_of(s)
 
     def history(self, scope: str | None = None) -> list[Charge]:
         """Charge-log rows in commit order, for one scope or all."""
@@ -422,7 +382,7 @@ class Ledger:
             now = time.time()
             for p in prepared:
                 self._insert_scope(conn, p, now)
-            statuses = [self._status_of(self._load(conn, name)) for name in names]
+            statuses = [status_of(self._load(conn, name)) for name in names]
         self._created_scopes.update(names)
         return statuses
 
@@ -476,7 +436,7 @@ class Ledger:
             (p.name, zeros, zeros, zeros),
         )
         if p.members.size:
-            self._admit(conn, self._load(conn, p.name), p.members, now)
+            admit_into(conn, self._load(conn, p.name), p.members, now)
 
     # -- charging -------------------------------------------------------------------------------------------
     def _check_delta(self, s: ScopeRow, records: dict[str, int]) -> None:
@@ -576,7 +536,7 @@ class Ledger:
                     "UPDATE spend SET queries = ?, rdp = ?, events = ?, extra = ? WHERE scope = ?",
                     (a.queries, vector_to_blob(a.rdp), a.events, vector_to_blob(a.extra), a.name),
                 )
-        statuses = tuple(self._status_of(step.after) for step in steps)
+        statuses = tuple(status_of(step.after) for step in steps)
         lines = tuple(
             ReceiptLine(
                 scope=st.scope,
@@ -617,38 +577,6 @@ class Ledger:
             return False
 
     # -- records that move: tombstones ------------------------------------------------------------------------
-    @staticmethod
-    def _tombstones(conn: Any, ids: np.ndarray) -> dict[int, tuple[tuple[float, ...], np.ndarray]]:
-        found: dict[int, tuple[tuple[float, ...], np.ndarray]] = {}
-        for start in range(0, ids.size, _CHUNK):
-            chunk = [int(i) for i in ids[start : start + _CHUNK]]
-            marks = ", ".join("?" * len(chunk))
-            for id_, orders, blob in conn.execute(
-                f"SELECT id, orders, rdp FROM tombstones WHERE id IN ({marks})", chunk
-            ):
-                found[int(id_)] = (orders_from_json(orders), vector_from_blob(blob))
-        return found
-
-    def _admit(self, conn: Any, s: ScopeRow, ids: np.ndarray, now: float) -> ScopeRow:
-        """W = max(W, tombstone(id)) over ``ids`` (on the scope's grid), logged; returns the updated scope."""
-        carried_in = np.zeros_like(s.carried)
-        stones = self._tombstones(conn, ids)
-        for orders, vector in stones.values():
-            carried_in = np.maximum(carried_in, on_grid(vector, orders, s.orders))
-        after_charge = conn.execute("SELECT COALESCE(MAX(id), 0) FROM charges").fetchone()[0]
-        conn.execute(
-            "INSERT INTO admissions (time, scope, after_charge, members, rdp) VALUES (?, ?, ?, ?, ?)",
-            (now, s.name, after_charge, len(stones), vector_to_blob(carried_in)),
-        )
-        carried = np.maximum(s.carried, carried_in)
-        after = s._replace(carried=carried)
-        after = after._replace(rdp=after.total())
-        conn.execute(
-            "UPDATE spend SET carried = ?, rdp = ? WHERE scope = ?",
-            (vector_to_blob(after.carried), vector_to_blob(after.rdp), s.name),
-        )
-        return after
-
     def admit(self, scope: str, ids: Sequence[int] | np.ndarray) -> ScopeStatus:
         """Records join ``scope``: they bring their tombstoned loss (``W = max(W, tombstone(id))`` elementwise).
 
@@ -675,8 +603,8 @@ class Ledger:
         scope = check_scope_name(scope)
         ids_a = check_ids(ids)
         with self._store.transaction("admitting records") as conn:
-            after = self._admit(conn, self._load(conn, scope), ids_a, time.time())
-        return self._status_of(after)
+            after = admit_into(conn, self._load(conn, scope), ids_a, time.time())
+        return status_of(after)
 
     def retire(self, scope: str, ids: Sequence[int] | np.ndarray) -> int:
         """Records leave ``scope`` (removed, forgotten, moved): ``tombstone(id) = max(tombstone(id), R)``.
@@ -698,17 +626,5 @@ class Ledger:
         ids_a = check_ids(ids)
         with self._store.transaction("retiring records") as conn:
             s = self._load(conn, scope)
-            now = time.time()
-            existing = self._tombstones(conn, ids_a)
-            updates, inserts = [], []
-            own = json.dumps(list(s.orders))
-            for id_ in (int(i) for i in ids_a):
-                if id_ in existing:
-                    orders, vector = existing[id_]
-                    merged = np.maximum(vector, on_grid(s.rdp, s.orders, orders))
-                    updates.append((vector_to_blob(merged), now, id_))
-                else:
-                    inserts.append((id_, own, vector_to_blob(s.rdp), now))
-            conn.executemany("UPDATE tombstones SET rdp = ?, updated = ? WHERE id = ?", updates)
-            conn.executemany("INSERT INTO tombstones (id, orders, rdp, updated) VALUES (?, ?, ?, ?)", inserts)
+            retire_from(conn, s, ids_a, time.time())
         return int(ids_a.size)
