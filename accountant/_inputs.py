@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from accountant._rows import orders_from_json
-from accountant.budget import calibrate_sigma, check_delta, check_epsilon, epsilon_and_order, within_budget
+from accountant.budget import (
+    calibrate_sigma,
+    check_delta,
+    check_epsilon,
+    epsilon_and_order,
+    filter_epsilon,
+    filter_order,
+    within_budget,
+)
 from accountant.errors import AccountantInputError
 from accountant.events import DEFAULT_ORDERS, Mechanism, event_rdp
+from accountant.records import ScopeSpec
 
 _MAX_LABEL = 500
 
@@ -66,7 +77,9 @@ def resolve_mechanism(
     return Mechanism(k=k, q=q, sigma=sigma)
 
 
-def _orders(orders: Sequence[float]) -> tuple[float, ...]:
+def _orders(orders: Sequence[float] | None) -> tuple[float, ...]:
+    if orders is None:
+        return DEFAULT_ORDERS
     try:
         return orders_from_json(json.dumps([float(a) for a in orders]))
     except (TypeError, ValueError, OverflowError) as err:
@@ -108,3 +121,110 @@ def check_scope(
             "or lower --q"
         )
     return orders_t, per_query
+
+
+def check_ids(ids: Any) -> np.ndarray:
+    """Content ids as a sorted, unique int64 array (empty allowed)."""
+    try:
+        array = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+    except TypeError as err:
+        raise AccountantInputError(
+            f"ids must be a sequence of int64 content ids; found {type(ids).__name__}"
+        ) from err
+    if array.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if (
+        array.ndim != 1
+        or array.dtype.kind not in "iu"
+        or array.dtype == np.uint64
+        and array.max() > 2**63 - 1
+    ):
+        raise AccountantInputError(
+            f"ids must be a 1-d sequence of integer content ids; found dtype {array.dtype}, shape {array.shape}"
+        )
+    return np.unique(array.astype(np.int64))
+
+
+def check_records_map(records: Mapping[str, int] | None) -> dict[str, int]:
+    """The ``records=`` argument of a charge: scope name -> current N (an integer >= 1)."""
+    if records is None:
+        return {}
+    if not isinstance(records, Mapping):
+        raise AccountantInputError(
+            f"records must map scope names to record counts; found {type(records).__name__}"
+        )
+    out = {}
+    for name, n in records.items():
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise AccountantInputError(f"records['{name}'] must be an integer >= 1; found {n!r:.30}")
+        out[str(name)] = int(n)
+    return out
+
+
+class PreparedScope(NamedTuple):
+    """A scope spec after every check, ready to insert."""
+
+    name: str
+    epsilon: float
+    delta: float
+    mechanism: Mechanism
+    records: int | None
+    orders: tuple[float, ...]
+    filter_order: float
+    members: np.ndarray
+
+
+def _alpha(alpha: Any, orders: tuple[float, ...]) -> tuple[float, tuple[float, ...]]:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)):
+        raise AccountantInputError(f"alpha must be a number > 1.01; found {alpha!r:.30}; e.g. alpha=8")
+    alpha = float(alpha)
+    if not (math.isfinite(alpha) and alpha > 1.01):
+        raise AccountantInputError(
+            f"alpha must be a finite RDP order > 1.01 (dp-accounting converts no smaller order); found {alpha}"
+        )
+    if alpha not in orders:
+        orders = tuple(sorted((*orders, alpha)))
+    return alpha, orders
+
+
+def prepare_scope(spec: ScopeSpec) -> PreparedScope:
+    """Every check a new scope needs, before any write: name, budget, delta < 1/N, mechanism, orders, filter.
+
+    The filter order alpha* is ``spec.alpha`` or the optimal order for the most queries of the scope's
+    mechanism that fit (:func:`accountant.budget.filter_order`); one query must fit the filter at alpha*.
+
+    Raises:
+        AccountantInputError: the first problem found, as one line.
+    """
+    if not isinstance(spec, ScopeSpec):
+        raise AccountantInputError(f"scope specs must be accountant.ScopeSpec; found {type(spec).__name__}")
+    name = check_scope_name(spec.name)
+    epsilon = check_epsilon(spec.epsilon)
+    delta = check_delta(spec.delta, records=spec.records, scope=name)
+    orders = _orders(spec.orders)
+    mech = resolve_mechanism(
+        spec.mechanism,
+        sigma=spec.sigma,
+        queries=spec.queries,
+        k=spec.k,
+        q=spec.q,
+        epsilon=epsilon,
+        delta=delta,
+        orders=orders,
+    )
+    orders, per_query = check_scope(
+        name, epsilon=epsilon, delta=delta, mechanism=mech, records=spec.records, orders=orders
+    )
+    if spec.alpha is None:
+        alpha = filter_order(per_query, epsilon=epsilon, delta=delta, orders=orders)
+    else:
+        alpha, orders = _alpha(spec.alpha, orders)
+        per_query = event_rdp(mech.dp_event(), orders)
+        first = filter_epsilon(float(per_query[orders.index(alpha)]), order=alpha, delta=delta)
+        if not within_budget(first, epsilon):
+            raise AccountantInputError(
+                f"scope '{name}': one query costs epsilon={first:.6g} > budget {epsilon:g} at the filter order "
+                f"alpha={alpha:g}; omit alpha (the optimal order is chosen) or raise --sigma/--epsilon"
+            )
+    members = check_ids(spec.members if spec.members is not None else ())
+    return PreparedScope(name, epsilon, delta, mech, spec.records, orders, alpha, members)

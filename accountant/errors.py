@@ -28,3 +28,9 @@ class LedgerUnavailable(AccountantError):
     """The ledger is missing, corrupt, tampered with or locked; every charge is refused (fail closed)."""
 
     exit_code = 3
+
+
+class DeltaRefused(AccountantError):
+    """delta is not below 1/N for the scope's current record count N (or N is unknown); nothing was charged."""
+
+    exit_code = 3

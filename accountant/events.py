@@ -7,8 +7,12 @@ mean is 2/k (add/remove-one adjacency) and the noise multiplier is z = sigma / (
 Accountant: dp-accounting ``RdpAccountant`` (ADD_OR_REMOVE_ONE) over ``PoissonSampledDpEvent(q,
 GaussianDpEvent(z))``, or plain ``GaussianDpEvent(z)`` when q == 1.
 
-Compatibility: the stored event JSON is the field-named form of ``DpEvent.to_named_tuple()``; only the two event
-classes above are accepted back, so a tampered ledger can never make us import an arbitrary module.
+Supported events (any scope may be charged with them, e.g. a DP-SGD training run
+``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(z)), steps)``): ``GaussianDpEvent``,
+``PoissonSampledDpEvent`` of a Gaussian, and ``SelfComposedDpEvent`` of either (see :func:`check_event`).
+
+Compatibility: the stored event JSON is the field-named form of ``DpEvent.to_named_tuple()``; only those three
+event classes are accepted back, so a tampered ledger can never make us import an arbitrary module.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from dp_accounting import rdp
 
 from accountant.errors import AccountantInputError, LedgerUnavailable
+from accountant.noise import opendp_noise_multiplier
 
 __all__ = [
     "ADJACENCY",
@@ -37,6 +42,7 @@ __all__ = [
     "MAX_NOISE_MULTIPLIER",
     "Mechanism",
     "accounting_maths",
+    "check_event",
     "event_from_json",
     "event_rdp",
     "event_to_json",
@@ -60,7 +66,7 @@ MAX_NOISE_MULTIPLIER = 1e6
 MAX_K = 1_000_000
 
 _EVENT_MODULE = "dp_accounting.dp_event"
-_EVENT_CLASSES = {"GaussianDpEvent", "PoissonSampledDpEvent"}
+_EVENT_CLASSES = {"GaussianDpEvent", "PoissonSampledDpEvent", "SelfComposedDpEvent"}
 
 
 def _check_finite(name: str, value: Any) -> float:
@@ -151,8 +157,14 @@ class Mechanism:
 
     @property
     def noise_multiplier(self) -> float:
-        """Noise std divided by the L2 sensitivity: ``sigma * k / 2``."""
-        return self.sigma * self.k / 2.0
+        """The noise multiplier OpenDP's Gaussian measurement states: ``min(sigma*k/2, 1/sqrt(2*rho))``.
+
+        ``rho = gaussian_measurement(sigma).map(2/k)`` is OpenDP's zCDP loss at L2 sensitivity 2/k, rounding of
+        the exactly sampled noise included (see :mod:`accountant.noise`); a Gaussian with multiplier z is
+        rho = 1/(2 z^2)-zCDP, so the ledger accounts with exactly what the sampler states, never with more
+        than the textbook ``sigma * k / 2``.
+        """
+        return opendp_noise_multiplier(self.sigma, self.k)
 
     def dp_event(self) -> dpa.DpEvent:
         """The dp-accounting event of one query (Poisson-subsampled Gaussian, or Gaussian when q == 1)."""
@@ -191,14 +203,56 @@ def _obj_to_named_tuple(obj: Any) -> Any:
     return wrapper(**{key: _obj_to_named_tuple(val) for key, val in obj.items()})
 
 
+def _check_gaussian_like(event: Any, *, composed: bool) -> None:
+    if isinstance(event, dpa.GaussianDpEvent):
+        z = _check_finite("noise_multiplier", event.noise_multiplier)
+        if not 0.0 < z <= MAX_NOISE_MULTIPLIER:
+            raise AccountantInputError(
+                f"GaussianDpEvent noise_multiplier must be in (0, {MAX_NOISE_MULTIPLIER:g}]; found {z}; "
+                "pass a positive noise multiplier"
+            )
+        return
+    if isinstance(event, dpa.PoissonSampledDpEvent):
+        q = _check_finite("sampling_probability", event.sampling_probability)
+        if not 0.0 < q <= 1.0 or not isinstance(event.event, dpa.GaussianDpEvent):
+            raise AccountantInputError(
+                "PoissonSampledDpEvent must have a sampling_probability in (0, 1] and a GaussianDpEvent inside; "
+                f"found q={q}, {type(event.event).__name__}; use PoissonSampledDpEvent(q, GaussianDpEvent(z))"
+            )
+        _check_gaussian_like(event.event, composed=True)
+        return
+    if isinstance(event, dpa.SelfComposedDpEvent) and not composed:
+        count = event.count
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise AccountantInputError(
+                f"SelfComposedDpEvent count must be an integer >= 1; found {count!r:.30}"
+            )
+        _check_gaussian_like(event.event, composed=True)
+        return
+    raise AccountantInputError(
+        f"unsupported privacy event {type(event).__name__}; the ledger accepts GaussianDpEvent, "
+        "PoissonSampledDpEvent(q, GaussianDpEvent(z)) and SelfComposedDpEvent of those"
+    )
+
+
+def check_event(event: Any) -> dpa.DpEvent:
+    """Validate a chargeable event: Gaussian, Poisson-sampled Gaussian, or SelfComposed of one of those.
+
+    Raises:
+        AccountantInputError: any other event class, nesting or parameter out of range.
+    """
+    _check_gaussian_like(event, composed=False)
+    return event
+
+
 def event_from_json(text: str) -> dpa.DpEvent:
-    """Rebuild a stored event; only Gaussian and Poisson-sampled Gaussian events are accepted.
+    """Rebuild a stored event; only the supported events (:func:`check_event`) are accepted.
 
     Raises:
         LedgerUnavailable: the text is not a supported serialised event (a damaged or tampered ledger).
     """
     try:
-        return dpa.DpEvent.from_named_tuple(_obj_to_named_tuple(json.loads(text)))
+        return check_event(dpa.DpEvent.from_named_tuple(_obj_to_named_tuple(json.loads(text))))
     except (ValueError, TypeError, AttributeError) as err:
         raise LedgerUnavailable(
             f"ledger charge log holds an unreadable event ({err}); the ledger is damaged or tampered with, "

@@ -7,29 +7,70 @@ records: only budget parameters, counts and epsilon spent.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Charge", "Receipt", "ReceiptLine", "ScopeCheck", "ScopeStatus", "VerifyReport"]
+if TYPE_CHECKING:
+    from accountant.events import Mechanism
+
+__all__ = ["Charge", "Receipt", "ReceiptLine", "ScopeCheck", "ScopeSpec", "ScopeStatus", "VerifyReport"]
+
+#: dp-accounting 0.6.0's 156 default RDP orders (also ``accountant.DEFAULT_ORDERS``); None here means that grid.
+_DEFAULT = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScopeSpec:
+    """One scope to create (:meth:`accountant.Ledger.create_scopes`): the keyword arguments of ``create_scope``.
+
+    Attributes:
+        name: scope name (the shard name).
+        epsilon, delta: the budget; delta < 1/records when records is given.
+        mechanism: the scope's query mechanism, or ``k``/``q`` with ``sigma`` or ``queries`` (calibrates sigma).
+        records: records N the scope protects now.
+        members: content ids of those records (their tombstoned loss is carried in, see ``Ledger.admit``).
+        orders: RDP order grid (None = ``accountant.DEFAULT_ORDERS``).
+        alpha: the fixed filter order alpha* (None = optimal for the most queries of the mechanism).
+    """
+
+    name: str
+    epsilon: float
+    delta: float
+    mechanism: Mechanism | None = None
+    sigma: float | None = None
+    queries: int | None = None
+    k: int | None = None
+    q: float | None = None
+    records: int | None = None
+    members: Sequence[int] | None = None
+    orders: Sequence[float] | None = _DEFAULT
+    alpha: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScopeStatus:
-    """Budget state of one scope (dp-accounting RDP, add/remove-one, sensitivity 2/k).
+    """Budget state of one scope (fixed-order Renyi filter over dp-accounting RDP, add/remove-one).
 
     Attributes:
         scope: scope name (one per index shard).
         epsilon_budget: total epsilon allowed at ``delta``.
         delta: target delta of the scope.
-        epsilon_spent: epsilon at ``delta`` after ``queries_charged`` queries (0.0 for none).
-        optimal_order: RDP order attaining ``epsilon_spent`` (None before the first query).
-        queries_charged: queries committed so far.
-        queries_remaining: exact number of further queries that fit (the next one beyond would exceed).
+        epsilon_spent: the filter's guarantee: epsilon at ``delta`` of ``rdp_spent`` at the single order
+            ``filter_order`` (Feldman & Zrnic 2021); 0.0 when nothing was spent or carried.
+        optimal_order: the order of ``epsilon_spent`` (= ``filter_order``; None while nothing is spent).
+        queries_charged: queries of the scope's own mechanism committed so far.
+        queries_remaining: exact number of further queries of its mechanism the filter admits.
         k, q, sigma: the scope's fixed mechanism; ``noise_multiplier`` = sigma * k / 2.
         records: records N of the scope when known (delta < 1/N was enforced at creation).
         orders: number of RDP orders tracked.
         dp_accounting_version: dp-accounting version recorded at creation.
         created: creation time (Unix seconds).
+        filter_order: alpha*, the scope's fixed filter order.
+        rdp_spent: running RDP at alpha* (carried-over loss + every event charged).
+        rdp_budget: B*, the RDP at alpha* whose epsilon at ``delta`` is ``epsilon_budget`` (for display).
+        rdp_carried: W(alpha*), the worst tombstoned loss among the records admitted into the scope.
+        events_charged: events charged that are not queries of the scope's mechanism (e.g. training runs).
     """
 
     scope: str
@@ -47,6 +88,11 @@ class ScopeStatus:
     orders: int
     dp_accounting_version: str
     created: float
+    filter_order: float
+    rdp_spent: float
+    rdp_budget: float
+    rdp_carried: float
+    events_charged: int
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON form (all fields)."""
@@ -78,6 +124,8 @@ class Receipt:
         time: commit time (Unix seconds).
         caller, purpose: free-text labels recorded with the charge.
         lines: one :class:`ReceiptLine` per scope charged.
+        statuses: each scope's :class:`ScopeStatus` right after the charge, computed inside the charge's
+            transaction (callers never need to read status again after charging).
     """
 
     group_id: str
@@ -85,6 +133,7 @@ class Receipt:
     caller: str | None
     purpose: str | None
     lines: tuple[ReceiptLine, ...]
+    statuses: tuple[ScopeStatus, ...] = ()
 
     @property
     def scopes(self) -> tuple[str, ...]:
@@ -99,6 +148,7 @@ class Receipt:
             "caller": self.caller,
             "purpose": self.purpose,
             "lines": [line.to_dict() for line in self.lines],
+            "statuses": [status.to_dict() for status in self.statuses],
         }
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from accountant_testlib import DELTA, MECH, budget_for
+from accountant_testlib import DELTA, MECH, N, budget_for
 
 from accountant import Ledger
 
@@ -26,7 +26,7 @@ def ledger_path(tmp_path: Path) -> Path:
 def ledger(ledger_path: Path) -> Iterator[Ledger]:
     """A fresh ledger with scope 'a' whose budget fits exactly 10 queries of MECH."""
     book = Ledger(ledger_path)
-    book.create_scope("a", epsilon=budget_for(10), delta=DELTA, mechanism=MECH)
+    book.create_scope("a", epsilon=budget_for(10), delta=DELTA, mechanism=MECH, records=N)
     yield book
     book.close()
 
@@ -36,7 +36,7 @@ def sample_ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A closed ledger with two scopes and a few charges (copy it before damaging it)."""
     path = tmp_path_factory.mktemp("sample") / "budget.sqlite"
     with Ledger(path) as book:
-        book.create_scope("a", epsilon=budget_for(50), delta=DELTA, mechanism=MECH)
+        book.create_scope("a", epsilon=budget_for(50), delta=DELTA, mechanism=MECH, records=N)
         book.create_scope("b", epsilon=budget_for(50), delta=DELTA, mechanism=MECH, records=1000)
         for _ in range(3):
             book.charge(["a", "b"], caller="test", purpose="fixture")

@@ -216,7 +216,9 @@ def test_refused_init_creates_no_ledger_file(tmp_path, args, fragment):
 def test_init_failing_midway_removes_only_the_file_it_created(tmp_path, charged_ledger):
     folder = tmp_path / "new"
     folder.mkdir()
-    (folder / "budget.sqlite-wal").mkdir()  # SQLite cannot create its WAL: creation fails after the file exists
+    (
+        folder / "budget.sqlite-wal"
+    ).mkdir()  # SQLite cannot create its WAL: creation fails after the file exists
     result = run(*INIT, "--ledger", str(folder / "budget.sqlite"), "--sigma", "100", "--epsilon", "1")
     assert result.exit_code == 3 and _one_error_line(result).startswith("Error: ledger")
     assert sorted(p.name for p in folder.iterdir()) == ["budget.sqlite-wal"]
@@ -237,7 +239,9 @@ def test_unknown_home_directory_is_an_input_error():
 
 def test_unparseable_values_are_one_line_usage_errors(tmp_path):
     path = tmp_path / "budget.sqlite"
-    result = run(*INIT[:5], "--k", "abc", "--q", "0.5", "--sigma", "1", "--epsilon", "1", "--ledger", str(path))
+    result = run(
+        *INIT[:5], "--k", "abc", "--q", "0.5", "--sigma", "1", "--epsilon", "1", "--ledger", str(path)
+    )
     assert result.exit_code == 2 and result.stdout == ""
     line = _one_error_line(result)
     assert line.startswith("Error: Invalid value for '--k'") and "dprdm budget init --help" in line

@@ -7,10 +7,12 @@ import os
 import signal
 from pathlib import Path
 
+import dp_accounting as dpa
 import pytest
-from accountant_testlib import DELTA, MECH, budget_for, raw
+from accountant_testlib import DELTA, MECH, N, budget_for, raw
+from dp_accounting import rdp
 
-from accountant import BudgetExceeded, Ledger, LedgerUnavailable
+from accountant import DEFAULT_ORDERS, BudgetExceeded, Ledger, LedgerUnavailable, event_rdp
 
 pytestmark = pytest.mark.timeout(120)  # a hung child must fail the test, not the suite
 CTX = mp.get_context("fork")
@@ -32,8 +34,8 @@ def _racer(path: str, barrier, results) -> None:
 
 def test_four_processes_race_get_exactly_m_successes(ledger_path):
     with Ledger(ledger_path) as book:
-        book.create_scope("a", epsilon=budget_for(FIT), delta=DELTA, mechanism=MECH)
-        book.create_scope("b", epsilon=budget_for(FIT + 5), delta=DELTA, mechanism=MECH)
+        book.create_scope("a", epsilon=budget_for(FIT), delta=DELTA, mechanism=MECH, records=N)
+        book.create_scope("b", epsilon=budget_for(FIT + 5), delta=DELTA, mechanism=MECH, records=N)
     barrier, results = CTX.Barrier(4), CTX.Queue()
     procs = [CTX.Process(target=_racer, args=(str(ledger_path), barrier, results)) for _ in range(4)]
     for p in procs:
@@ -62,7 +64,7 @@ def _charge_forever(path: str, done, reached, threshold: int) -> None:
 @pytest.mark.parametrize("threshold", [1, 7, 25], ids=["after1", "after7", "after25"])
 def test_kill_9_during_charging_loses_no_committed_spend(ledger_path, threshold):
     with Ledger(ledger_path) as book:
-        book.create_scope("big", epsilon=budget_for(10**6), delta=DELTA, mechanism=MECH)
+        book.create_scope("big", epsilon=budget_for(10**6), delta=DELTA, mechanism=MECH, records=N)
     done, reached = CTX.RawValue("q", 0), CTX.Event()
     child = CTX.Process(target=_charge_forever, args=(str(ledger_path), done, reached, threshold))
     child.start()
@@ -118,7 +120,7 @@ def test_kill_9_inside_an_open_write_transaction_rolls_it_back(ledger, ledger_pa
 
 def test_lock_held_by_another_writer_refuses_after_timeout(ledger_path):
     with Ledger(ledger_path) as book:
-        book.create_scope("a", epsilon=budget_for(5), delta=DELTA, mechanism=MECH)
+        book.create_scope("a", epsilon=budget_for(5), delta=DELTA, mechanism=MECH, records=N)
     holder = raw(ledger_path)
     holder.execute("BEGIN IMMEDIATE")
     book = Ledger(ledger_path, create=False, timeout=0.2)
@@ -131,3 +133,38 @@ def test_lock_held_by_another_writer_refuses_after_timeout(ledger_path):
     finally:
         book.close()
         holder.close()
+
+
+def _event_racer(path: str, barrier, results) -> None:
+    book = Ledger(path, create=False)
+    barrier.wait()
+    won = 0
+    while True:
+        try:
+            book.charge("t", event=dpa.PoissonSampledDpEvent(0.03, dpa.GaussianDpEvent(1.2)))
+        except BudgetExceeded:
+            break
+        won += 1
+    results.put(won)
+
+
+def test_processes_racing_with_training_events_get_exactly_what_the_filter_admits(ledger_path):
+    event = dpa.PoissonSampledDpEvent(0.03, dpa.GaussianDpEvent(1.2))
+    with Ledger(ledger_path) as book:
+        alpha = book.create_scope("t", epsilon=3.0, delta=DELTA, mechanism=MECH, records=N).filter_order
+    cost = event_rdp(event)[DEFAULT_ORDERS.index(alpha)]
+    fit, total = 0, 0.0  # the ledger's own running float sum, event by event
+    while rdp.compute_epsilon([alpha], [total + cost], DELTA)[0] <= 3.0:
+        fit, total = fit + 1, total + cost
+    assert 8 <= fit <= 400
+    barrier, results = CTX.Barrier(4), CTX.Queue()
+    procs = [CTX.Process(target=_event_racer, args=(str(ledger_path), barrier, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    wins = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sum(wins) == fit
+    with Ledger(ledger_path, create=False) as book:
+        assert book.status("t").events_charged == sum(wins) and book.verify().ok

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from accountant_testlib import DELTA, MECH, budget_for
+from accountant_testlib import DELTA, MECH, N, budget_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,7 +68,9 @@ def test_absurd_parameters_are_one_line_input_errors(k, q, sigma, message):
 
 def test_largest_noise_multiplier_is_accounted():
     mech = Mechanism(k=2, q=0.5, sigma=MAX_NOISE_MULTIPLIER)
-    assert mech.noise_multiplier == MAX_NOISE_MULTIPLIER
+    # OpenDP states z = 1/sqrt(2 rho) a few ulps below the textbook sigma*k/2 (rounding accounted for)
+    assert mech.noise_multiplier == pytest.approx(MAX_NOISE_MULTIPLIER, rel=1e-12)
+    assert mech.noise_multiplier <= MAX_NOISE_MULTIPLIER
     assert epsilon_for(mech, queries=1000, delta=DELTA) < 0.05  # the conversion's floor
     assert max_queries(mech, epsilon=1.0, delta=DELTA) > 10**9
 
@@ -108,12 +110,12 @@ def test_discard_removes_only_a_ledger_this_call_created_and_used_for_nothing(tm
     new = tmp_path / "new.sqlite"
     book = Ledger(new)
     assert book.created
-    book.create_scope("s", epsilon=budget_for(5), delta=DELTA, mechanism=MECH)
+    book.create_scope("s", epsilon=budget_for(5), delta=DELTA, mechanism=MECH, records=N)
     assert book.discard() and list(tmp_path.iterdir()) == []
 
     existing = tmp_path / "existing.sqlite"
     with Ledger(existing) as first:
-        first.create_scope("s", epsilon=budget_for(5), delta=DELTA, mechanism=MECH)
+        first.create_scope("s", epsilon=budget_for(5), delta=DELTA, mechanism=MECH, records=N)
     again = Ledger(existing)
     assert not again.created
     assert again.discard() is False and existing.exists()
@@ -122,14 +124,14 @@ def test_discard_removes_only_a_ledger_this_call_created_and_used_for_nothing(tm
 
     charged = tmp_path / "charged.sqlite"
     book = Ledger(charged)
-    book.create_scope("s", epsilon=budget_for(5), delta=DELTA, mechanism=MECH)
+    book.create_scope("s", epsilon=budget_for(5), delta=DELTA, mechanism=MECH, records=N)
     book.charge("s")
     assert book.discard() is False and charged.exists()  # a spent budget is never thrown away
 
     shared = tmp_path / "shared.sqlite"
     book = Ledger(shared)
     with Ledger(shared) as other:  # another user of the new file created a scope of its own
-        other.create_scope("theirs", epsilon=budget_for(5), delta=DELTA, mechanism=MECH)
+        other.create_scope("theirs", epsilon=budget_for(5), delta=DELTA, mechanism=MECH, records=N)
     assert book.discard() is False and shared.exists()
 
 

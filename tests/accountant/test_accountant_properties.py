@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from accountant_testlib import DELTA
+from accountant_testlib import DELTA, N, filter_epsilon_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,13 +74,14 @@ def test_n_single_charges_equal_one_charge_of_count_n(tmp_path_factory, n, z, q)
     path = Path(tmp_path_factory.mktemp("h")) / "budget.sqlite"
     with Ledger(path) as book:
         budget = epsilon_for(m, queries=100, delta=DELTA)
-        book.create_scope("single", epsilon=budget, delta=DELTA, mechanism=m)
-        book.create_scope("batch", epsilon=budget, delta=DELTA, mechanism=m)
+        book.create_scope("single", epsilon=budget, delta=DELTA, mechanism=m, records=N)
+        book.create_scope("batch", epsilon=budget, delta=DELTA, mechanism=m, records=N)
         for _ in range(n):
             book.charge("single")
         book.charge("batch", count=n)
         single, batch = book.status("single"), book.status("batch")
-    assert single.epsilon_spent == batch.epsilon_spent == epsilon_for(m, queries=n, delta=DELTA)
+    assert single.epsilon_spent == batch.epsilon_spent == filter_epsilon_for(n, single.filter_order, m)
+    assert single.epsilon_spent >= epsilon_for(m, queries=n, delta=DELTA)
     assert single.queries_remaining == batch.queries_remaining == 100 - n
 
 
@@ -92,7 +93,9 @@ def test_refusal_is_monotone(tmp_path_factory, fit, asks):
     path = Path(tmp_path_factory.mktemp("r")) / "budget.sqlite"
     refused_at = None
     with Ledger(path) as book:
-        book.create_scope("s", epsilon=epsilon_for(m, queries=fit, delta=DELTA), delta=DELTA, mechanism=m)
+        book.create_scope(
+            "s", epsilon=epsilon_for(m, queries=fit, delta=DELTA), delta=DELTA, mechanism=m, records=N
+        )
         for size in asks:
             try:
                 book.charge("s", count=size)

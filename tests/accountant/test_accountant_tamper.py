@@ -73,8 +73,8 @@ CASES = {
     "truncated-to-zero": (_truncate_zero, "is not a dprdm ledger"),
     "foreign-sqlite": (_foreign_database, "is not a dprdm ledger"),
     "future-user-version": (
-        _sql("PRAGMA user_version = 2"),
-        "schema version 2, newer than this dprdm supports",
+        _sql("PRAGMA user_version = 3"),
+        "schema version 3, newer than this dprdm supports",
     ),
     "wrong-schema": (
         _sql(
@@ -170,6 +170,6 @@ def test_verify_report_of_an_intact_ledger(ledger_copy):
     with Ledger(ledger_copy, read_only=True) as book:
         report = book.verify()
     data = report.to_dict()
-    assert data["ok"] and data["integrity"] == "ok" and data["schema_version"] == 1
+    assert data["ok"] and data["integrity"] == "ok" and data["schema_version"] == 2
     assert data["scopes"]["a"]["queries_logged"] == 4 and data["scopes"]["b"]["queries_logged"] == 3
     assert all(check["max_relative_difference"] == 0.0 for check in data["scopes"].values())

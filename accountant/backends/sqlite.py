@@ -1,4 +1,8 @@
-"""SQLite plumbing of the ledger: connections, schema and the single place where sqlite errors are translated.
+"""SQLite backend of the ledger: connections, pragmas, schema DDL, migrations and sqlite error translation.
+
+This is the only module that knows it talks to SQLite (see :class:`accountant.backends.LedgerBackend` for the
+seam a PostgreSQL backend implements, issue 14). The ledger's own statements are portable SQL (no SQLite
+functions, ``?`` placeholders that a psycopg backend rewrites to ``%s``).
 
 Invariants:
 - WAL journal, ``synchronous=FULL`` (a committed charge survives a power cut), ``isolation_level=None`` (we issue
@@ -9,16 +13,18 @@ Invariants:
   functions, each run in the same transaction as its version bump. A file newer than the code, of another
   application, of the wrong shape, or damaged, is refused; a file is initialised only if this process created it
   (``O_CREAT | O_EXCL``), so a truncated ledger is never silently reset to zero.
-- A file this store created is removed again when its creation fails midway (and by :meth:`_Store.discard`);
+- A file this store created is removed again when its creation fails midway (and by :meth:`SqliteBackend.discard`);
   a file that existed before is never removed.
-- Every ``sqlite3.Error`` becomes :class:`LedgerUnavailable` in :meth:`_Store.guard` (exit 3: nothing charged).
+- Every ``sqlite3.Error`` becomes :class:`LedgerUnavailable` in :meth:`SqliteBackend.guard` (exit 3: nothing charged).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -26,7 +32,7 @@ from urllib.parse import quote
 
 from accountant.errors import AccountantError, AccountantInputError, LedgerUnavailable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x64707264  # "dprd"
 
 _COLUMNS = {
@@ -42,10 +48,20 @@ _COLUMNS = {
         "dp_accounting_version",
         "records",
         "created",
+        "filter_order",
     ),
     "charges": ("id", "group_id", "time", "scope", "event", "count", "caller", "purpose"),
-    "spend": ("scope", "queries", "rdp"),
+    "spend": ("scope", "queries", "rdp", "events", "carried", "extra"),
+    "meta": ("key", "value"),
+    "tombstones": ("id", "orders", "rdp", "updated"),
+    "admissions": ("id", "time", "scope", "after_charge", "members", "rdp"),
 }
+
+#: (epsilon, delta, k, q, sigma, orders JSON) of a v1 scope -> its filter order alpha* (the ledger's maths).
+FilterOrderFn = Callable[[float, float, int, float, float, str], float]
+
+_SCOPES_IMMUTABLE = """CREATE TRIGGER scopes_immutable BEFORE UPDATE ON scopes
+        BEGIN SELECT RAISE(ABORT, 'a scope is immutable; create a new scope'); END"""
 
 _V1 = (
     """CREATE TABLE scopes (
@@ -69,19 +85,64 @@ _V1 = (
         BEGIN SELECT RAISE(ABORT, 'the charge log is append-only'); END""",
     """CREATE TRIGGER charges_append_only_delete BEFORE DELETE ON charges
         BEGIN SELECT RAISE(ABORT, 'the charge log is append-only'); END""",
-    """CREATE TRIGGER scopes_immutable BEFORE UPDATE ON scopes
-        BEGIN SELECT RAISE(ABORT, 'a scope is immutable; create a new scope'); END""",
+    _SCOPES_IMMUTABLE,
 )
 
 
-def _migrate_to_v1(conn: sqlite3.Connection) -> None:
+_V2 = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+    "ALTER TABLE scopes ADD COLUMN filter_order REAL",
+    "ALTER TABLE spend ADD COLUMN events INTEGER NOT NULL DEFAULT 0 CHECK (events >= 0)",
+    "ALTER TABLE spend ADD COLUMN carried BLOB",
+    "ALTER TABLE spend ADD COLUMN extra BLOB",
+    "UPDATE spend SET carried = zeroblob(length(rdp)), extra = zeroblob(length(rdp))",
+    """CREATE TABLE tombstones (
+        id INTEGER PRIMARY KEY NOT NULL,
+        orders TEXT NOT NULL, rdp BLOB NOT NULL, updated REAL NOT NULL)""",
+    """CREATE TABLE admissions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,
+        scope TEXT NOT NULL REFERENCES scopes(name),
+        after_charge INTEGER NOT NULL, members INTEGER NOT NULL CHECK (members >= 0), rdp BLOB NOT NULL)""",
+    """CREATE TRIGGER admissions_append_only_update BEFORE UPDATE ON admissions
+        BEGIN SELECT RAISE(ABORT, 'the admission log is append-only'); END""",
+    """CREATE TRIGGER admissions_append_only_delete BEFORE DELETE ON admissions
+        BEGIN SELECT RAISE(ABORT, 'the admission log is append-only'); END""",
+)
+
+
+def _migrate_to_v1(conn: sqlite3.Connection, filter_order: FilterOrderFn) -> None:
     for statement in _V1:
         conn.execute(statement)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
+def _migrate_to_v2(conn: sqlite3.Connection, filter_order: FilterOrderFn) -> None:
+    """v1 -> v2: ledger id, fixed filter order per scope, tombstones, admissions, carried/extra RDP vectors.
+
+    Each v1 scope gets alpha* = the optimal order for the most queries its (mechanism, budget) admits, so it
+    keeps exactly the number of admissible queries it had (see ``accountant.budget.filter_order``).
+    """
+    for statement in _V2:
+        conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('ledger_id', ?)", (uuid.uuid4().hex,))
+    rows = conn.execute("SELECT name, epsilon, delta, k, q, sigma, orders FROM scopes").fetchall()
+    conn.execute("DROP TRIGGER scopes_immutable")
+    for name, eps, delta, k, q, sigma, orders in rows:
+        try:
+            order = filter_order(eps, delta, k, q, sigma, orders)
+        except (AccountantError, TypeError, ValueError, json.JSONDecodeError) as err:
+            raise LedgerUnavailable(
+                f"cannot migrate scope '{name}' to schema v2 ({err}); the ledger is damaged; restore a backup"
+            ) from err
+        conn.execute("UPDATE scopes SET filter_order = ? WHERE name = ?", (order, name))
+    conn.execute(_SCOPES_IMMUTABLE)
+
+
 #: Ordered migrations: entry i brings user_version i to i + 1.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1,)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection, FilterOrderFn], None], ...] = (
+    _migrate_to_v1,
+    _migrate_to_v2,
+)
 
 _INHERITED: list[sqlite3.Connection] = []  # connections inherited through fork: never used, never closed
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -105,11 +166,18 @@ def _remove_files(path: Path) -> None:
             Path(f"{path}{name}").unlink(missing_ok=True)
 
 
-class _Store:
-    """Per-thread SQLite connections to one ledger file, with error translation and transactions."""
+class SqliteBackend:
+    """Per-thread SQLite connections to one ledger file, with error translation, transactions and migrations.
 
-    def __init__(self, path: Path, *, create: bool, read_only: bool, timeout: float) -> None:
+    Implements :class:`accountant.backends.LedgerBackend`.
+    """
+
+    def __init__(
+        self, path: Path, *, create: bool, read_only: bool, timeout: float, filter_order: FilterOrderFn
+    ) -> None:
         self.path = path
+        self.location = str(path)
+        self._filter_order = filter_order
         self.read_only = read_only
         self.timeout = float(timeout)
         self._local = threading.local()
@@ -192,6 +260,11 @@ class _Store:
             if version == 0 and not existed:  # created by us, or by a racing process that is initialising it
                 self._initialise(conn)
             else:
+                if (
+                    0 < version < SCHEMA_VERSION
+                    and conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+                ):
+                    self._upgrade(conn)
                 self._check_schema(conn)
 
     def _create_file(self) -> None:
@@ -217,10 +290,37 @@ class _Store:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if version == 0 and objects == 0:
-                for target, migration in enumerate(_MIGRATIONS, start=1):
-                    migration(conn)
-                    conn.execute(f"PRAGMA user_version = {target}")
+                self._migrate(conn, 0)
         self._check_schema(conn)
+
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        """Run the migrations from ``version`` on, each with its version bump, inside the caller's transaction."""
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            _MIGRATIONS[target - 1](conn, self._filter_order)
+            conn.execute(f"PRAGMA user_version = {target}")
+
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        """Migrate an older ledger in one write transaction (re-checked under the lock; racing openers wait)."""
+        if self.read_only:
+            raise LedgerUnavailable(
+                f"ledger {self.path} has schema version {conn.execute('PRAGMA user_version').fetchone()[0]} "
+                f"and needs a migration to v{SCHEMA_VERSION}, which a read-only open cannot do; open it once "
+                "writable (e.g. Ledger(path)) to migrate it"
+            )
+        with self.transaction("migrating the ledger"):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if 0 < version < SCHEMA_VERSION:
+                self._migrate(conn, version)
+
+    def ledger_id(self) -> str:
+        """The ledger's uuid4 hex identity (``meta`` table)."""
+        rows = self.read("reading the ledger id", "SELECT value FROM meta WHERE key = 'ledger_id'")
+        if len(rows) != 1 or not isinstance(rows[0][0], str) or len(rows[0][0]) != 32:
+            raise LedgerUnavailable(
+                f"ledger {self.path} has no valid ledger id; the ledger is damaged or tampered with; restore it "
+                "from a backup"
+            )
+        return rows[0][0]
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         app = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -235,8 +335,11 @@ class _Store:
                 f"ledger {self.path} has schema version {version}, newer than this dprdm supports "
                 f"({SCHEMA_VERSION}); upgrade dprdm to use it"
             )
-        if version < SCHEMA_VERSION:  # pragma: no cover - no released older schema exists yet
-            raise LedgerUnavailable(f"ledger {self.path} has old schema version {version}; migrate it first")
+        if version < SCHEMA_VERSION:
+            raise LedgerUnavailable(
+                f"ledger {self.path} has schema version {version} < {SCHEMA_VERSION} and was not migrated; the "
+                "ledger is damaged; restore it from a backup"
+            )
         for table, columns in _COLUMNS.items():
             found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
             if found != columns:
