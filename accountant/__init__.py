@@ -32,7 +32,7 @@ from accountant.events import (
     Mechanism,
     event_rdp,
 )
-from accountant.ledger import LEDGER_FILE_NAME, Ledger
+from accountant.ledger import Ledger
 from accountant.noise import gaussian_measurement
 from accountant.records import Charge, Receipt, ReceiptLine, ScopeCheck, ScopeSpec, ScopeStatus, VerifyReport
 
@@ -40,7 +40,6 @@ __all__ = [
     "ADJACENCY",
     "DEFAULT_ORDERS",
     "DP_ACCOUNTING_VERSION",
-    "LEDGER_FILE_NAME",
     "MAX_K",
     "MAX_NOISE_MULTIPLIER",
     "AccountantError",

@@ -89,10 +89,7 @@ from accountant.events import (
 )
 from accountant.records import Charge, Receipt, ReceiptLine, ScopeSpec, ScopeStatus, VerifyReport
 
-__all__ = ["LEDGER_FILE_NAME", "Ledger"]
-
-#: File name of an index's ledger inside the index directory (``<index_dir>/budget.sqlite``).
-LEDGER_FILE_NAME = "budget.sqlite"
+__all__ = ["Ledger"]
 
 
 def _migration_filter_order(

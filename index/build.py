@@ -128,6 +128,7 @@ def build_index(
     on_batch: Callable[[int], None] | None = None,
     append: bool = False,
     before_commit: BeforeCommit | None = None,
+    before_drop: BeforeCommit | None = None,
 ) -> BuildReport:
     """Build (or rebuild) shard ``shard`` of the index at ``index_dir`` from ``source``.
 
@@ -152,6 +153,8 @@ def build_index(
         before_commit: called as ``before_commit(shard, ids)`` with the content ids new to the shard (after
             dedupe; possibly empty) after embedding, right before the manifest commit; if it raises, nothing is
             committed and the exception propagates.
+        before_drop: called as ``before_drop(shard, ids)`` with the content ids a rebuild drops from the shard
+            (records its new source no longer holds), before ``before_commit``, with the same semantics.
 
     Returns:
         A :class:`BuildReport` whose ``to_dict()`` equals ``PrivateIndex.open(index_dir).info()``.
@@ -165,7 +168,7 @@ def build_index(
         source, index_dir, shard=shard, model=model, pretrained=pretrained, batch_size=batch_size,
         public_train=public_train, image_column=image_column, num_threads=num_threads, progress=progress,
         index_type=index_type, max_pixels=max_pixels, on_batch=on_batch, append=append,
-        before_commit=before_commit,
+        before_commit=before_commit, before_drop=before_drop,
     )  # fmt: skip
     return report
 
@@ -187,6 +190,7 @@ def run_build(
     on_batch: Callable[[int], None] | None = None,
     append: bool,
     before_commit: BeforeCommit | None,
+    before_drop: BeforeCommit | None = None,
     known: View | None = None,
     encoder: Encoder | None = None,
 ) -> tuple[BuildReport, View]:
@@ -251,6 +255,7 @@ def run_build(
         new_top = commit(
             path, top, {shard: content}, dict(stats, op="add" if append else "build"),
             before_commit=before_commit, hook_ids={shard: new_ids},
+            before_drop=before_drop, drop_ids={shard: dropped_ids} if len(dropped_ids) else None,
         )  # fmt: skip
     view = view_of(path, new_top, mmap=False, known=current)
     report = BuildReport(

@@ -144,11 +144,14 @@ def commit(
     dropped: Iterable[str] = (),
     before_commit: BeforeCommit | None = None,
     hook_ids: Mapping[str, np.ndarray] | None = None,
+    before_drop: BeforeCommit | None = None,
+    drop_ids: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write new generations for ``updates``, drop the ``dropped`` shards, then atomically switch the manifest.
 
-    ``before_commit(shard, ids)`` is called for every entry of ``hook_ids`` after the generations are written
-    and right before the switch; if it raises, the new generations are deleted and the index is unchanged.
+    After the generations are written and right before the switch, ``before_drop(shard, ids)`` is called for
+    every entry of ``drop_ids`` (records leaving a shard), then ``before_commit(shard, ids)`` for every entry of
+    ``hook_ids``; if either raises, the new generations are deleted and the index is unchanged.
 
     Returns:
         The committed manifest.
@@ -166,9 +169,10 @@ def commit(
             new_top["shards"][name] = {"dir": relative, "records": int(len(content.ids))}
         for name in dropped:
             new_top["shards"].pop(name, None)
-        if before_commit is not None:
-            for name, ids in (hook_ids or {}).items():
-                before_commit(name, np.array(ids, dtype=np.int64))
+        for hook, targets in ((before_drop, drop_ids), (before_commit, hook_ids)):
+            if hook is not None:
+                for name, ids in (targets or {}).items():
+                    hook(name, np.array(ids, dtype=np.int64))
     except BaseException:
         for relative in written:
             store.remove_tree(index_dir / relative)
