@@ -97,7 +97,7 @@ class Bench:
                     rows.append(query)
                     continue
                 ids = subsample_topk(self.index, query, k, q, rng)
-                noisy = privatize(aggregate(self.private_embeddings[ids], k), sigma, rng)
+                noisy = privatize(aggregate(self.private_embeddings[ids], k), sigma, _rng=rng)
                 rows.append(lambda_ * noisy + (1.0 - lambda_) * query)
         return np.stack(rows).astype(np.float32)
 

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     exact = np.stack([aggregate(emb[subsample_topk(index, emb[i], K, Q, rng)], K) for i in test])
     sigmas = {eps: calibrate_sigma(k=K, q=Q, queries=QUERIES, epsilon=eps, delta=DELTA) for eps in EPSILONS}
     rows = [("unconditional", None, np.zeros_like(exact)), ("ε = ∞ (no noise)", 0.0, exact)]
-    rows += [(f"ε = {eps:g}", sigmas[eps], np.stack([privatize(a, sigmas[eps], rng) for a in exact]))
+    rows += [(f"ε = {eps:g}", sigmas[eps], np.stack([privatize(a, sigmas[eps], _rng=rng) for a in exact]))
              for eps in EPSILONS]
 
     # reference: classifier on the PUBLIC half, FD of real public images vs private images

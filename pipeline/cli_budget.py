@@ -57,14 +57,6 @@ QueriesOpt = Annotated[
 ]
 
 
-def _ledger_path(index: Path | None, ledger: Path | None) -> Path:
-    if ledger is not None:
-        return ledger
-    if index is None:
-        raise PipelineInputError(f"pass --index DIR (ledger DIR/{LEDGER_NAME}) or --ledger PATH")
-    return index / LEDGER_NAME
-
-
 def _require(**options: Any) -> None:
     missing = [f"--{name}" for name, value in options.items() if value is None]
     if missing:
@@ -72,9 +64,17 @@ def _require(**options: Any) -> None:
 
 
 def _open_read_only(index: Path | None, ledger: Path | None):
+    """Open read-only: ``--ledger`` alone as is; with ``--index``, only the index's own ledger (id checked)."""
     from accountant import Ledger
 
-    return Ledger(_ledger_path(index, ledger), create=False, read_only=True)
+    if index is None:
+        if ledger is None:
+            raise PipelineInputError("pass --index DIR (its one ledger) or --ledger PATH")
+        return Ledger(ledger, create=False, read_only=True)
+    from index import PrivateIndex
+    from pipeline.ledgers import index_ledger
+
+    return index_ledger(PrivateIndex.open(index), ledger, read_only=True)
 
 
 def _iso_times(charge: dict[str, Any]) -> dict[str, Any]:
@@ -91,17 +91,40 @@ def _num(value: float | None, digits: int = 6) -> str:
 def _plan_human(p: dict[str, Any]) -> str:
     lines = [
         f"mechanism         Poisson-subsampled Gaussian, k={p['k']}, q={p['q']:g}; L2 sensitivity 2/k = "
-        f"{2 / p['k']:.4g} (add/remove-one); dp-accounting RDP",
+        f"{2 / p['k']:.4g} (add/remove-one); OpenDP Gaussian noise; dp-accounting RDP",
         f"sigma             {p['sigma']:.7g}",
-        f"noise multiplier  {p['noise_multiplier']:.7g}  (sigma * k / 2)",
+        f"noise multiplier  {p['noise_multiplier']:.7g}  (what OpenDP's privacy map states; <= sigma * k / 2)",
         f"epsilon           {p['epsilon']:.6g} at delta={p['delta']:g} after {p['queries']} queries "
-        f"(optimal RDP order {_num(p['optimal_order'])})",
+        f"(RDP order {_num(p['optimal_order'])}, the scope's filter order)",
     ]
     if p["epsilon_target"] is not None:
         lines.append(
             f"target            epsilon <= {p['epsilon_target']:g} (sigma rounded up, never overshoots)"
         )
+    if p["records"] is not None:
+        lines.append(
+            f"delta             recommended <= {p['recommended_delta']:g} (1/(10 N), N = {p['records']}); "
+            "delta >= 1/N is refused"
+        )
     return "\n".join(lines)
+
+
+def _plan_warnings(mech: Any, *, records: int | None, dim: int | None) -> list[str]:
+    """One-line warnings: noise that dwarfs the signal, or k so close to q*N that the mean is the corpus mean."""
+    warnings = []
+    if dim is not None:
+        noise = mech.sigma * dim**0.5
+        if noise > 2.0:
+            warnings.append(
+                f"noise norm sigma*sqrt(d) = {noise:.3g} (sigma={mech.sigma:.4g}, d={dim}) dwarfs the aggregate's "
+                "norm (<= 1): generations will mostly follow the prompt; raise k, epsilon or q, or use fewer queries"
+            )
+    if records is not None and mech.k >= 0.5 * mech.q * records:
+        warnings.append(
+            f"k={mech.k} is close to q*N = {mech.q * records:.4g} (q={mech.q:g}, N={records}): a query then averages "
+            "most of its sample, so the aggregate is close to the corpus mean; lower k or raise q"
+        )
+    return warnings
 
 
 @app.command("plan")
@@ -112,19 +135,33 @@ def plan(
     k: KOpt = None,
     q: QOpt = None,
     sigma: SigmaOpt = None,
+    records: Annotated[
+        int | None,
+        typer.Option("--records", metavar="N", show_default=False,
+                     help="Records N of the shard: recommends delta <= 1/(10N), refuses delta >= 1/N, warns when k >~ qN."),
+    ] = None,
+    dim: Annotated[
+        int | None,
+        typer.Option("--dim", metavar="D", show_default=False,
+                     help="Embedding width d: warns when the noise norm sigma*sqrt(d) dwarfs the signal (norm <= 1)."),
+    ] = None,
     json_mode: JsonOption = False,
 ) -> None:
     """Plan: --epsilon gives the smallest sigma for T queries; --sigma gives the epsilon after T queries."""
-    from accountant import Mechanism, calibrate_sigma, event_rdp
+    from accountant import Mechanism, calibrate_sigma, event_rdp, recommended_delta
     from accountant.budget import check_delta, epsilon_and_order
 
     if (epsilon is None) == (sigma is None):
         raise PipelineInputError("pass exactly one of --epsilon (to calibrate sigma) or --sigma (to compute epsilon)")
     _require(delta=delta, queries=queries, k=k, q=q)
+    if dim is not None and dim < 1:
+        raise PipelineInputError(f"--dim must be >= 1; found {dim}; pass the index's embedding width")
+    check_delta(delta, records=records)
     if sigma is None:
         sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta)
     mech = Mechanism(k=k, q=q, sigma=sigma)
     spent, order = epsilon_and_order(event_rdp(mech.dp_event()), queries, delta=check_delta(delta))
+    warnings = _plan_warnings(mech, records=records, dim=dim)
     payload = {
         "sigma": mech.sigma,
         "noise_multiplier": mech.noise_multiplier,
@@ -136,18 +173,17 @@ def plan(
         "k": mech.k,
         "q": mech.q,
         "sensitivity": mech.sensitivity,
+        "records": records,
+        "recommended_delta": None if records is None else recommended_delta(records),
+        "noise_norm": None if dim is None else mech.sigma * dim**0.5,
+        "warnings": warnings,
     }
+    for line in warnings:
+        typer.echo(f"Warning: {line}", err=True)
     emit(payload, json_mode=json_mode, human=_plan_human)
 
 
 # -- init -------------------------------------------------------------------------------------------------------
-def _shard_records(index: Path) -> dict[str, int]:
-    from index import PrivateIndex  # imported lazily: only init needs the index package (and its torch)
-
-    info = PrivateIndex.open(index).info()
-    return {name: int(shard["records"]) for name, shard in info["shards"].items()}
-
-
 def _status_table(scopes: dict[str, dict[str, Any]]) -> str:
     if not scopes:
         return "(no scopes)"
@@ -193,65 +229,83 @@ def init(
     ] = None,
     json_mode: JsonOption = False,
 ) -> None:
-    """Create one budget scope per shard (same epsilon, delta, k, q, sigma), refusing delta >= 1/N."""
-    from accountant import Ledger, Mechanism, calibrate_sigma, check_scope
-    from accountant.budget import check_delta
+    """Create one budget scope per shard (same epsilon, delta, k, q, sigma), refusing delta >= 1/N.
+
+    With --index the scopes go into the index's one ledger (created and bound to the index by the first init;
+    any other --ledger is refused, exit 3). Each new scope starts from the worst loss its records carry from
+    shards they left (tombstones), so moving records never resets their budget. Empty shards are skipped.
+    """
+    from accountant import Ledger, Mechanism, ScopeSpec, calibrate_sigma
 
     _require(epsilon=epsilon, delta=delta, k=k, q=q)
-    path = _ledger_path(index, ledger)
     if (sigma is None) == (queries is None):
         raise PipelineInputError("pass exactly one of --sigma or --queries (calibrates sigma so T queries fit)")
     if index is not None and records is not None:
         raise PipelineInputError("--records is read from --index; drop --records")
-    if index is None and shard is None:
-        raise PipelineInputError("without --index pass --shard NAME (and --records N to check delta < 1/N)")
+    if index is None and (shard is None or ledger is None):
+        raise PipelineInputError("without --index pass --ledger PATH --shard NAME (and --records N)")
     if index is not None and not index.is_dir():
         raise PipelineInputError(f"--index {index} is not a directory; build it with 'dprdm index build'")
-    counts: dict[str, int | None]
+    members: dict[str, Any] = {}
+    skipped: list[str] = []
     if index is not None:
-        available = _shard_records(index)
+        from index import PrivateIndex
+
+        idx = PrivateIndex.open(index)
+        available = {name: idx.shard(name) for name in idx.shard_names}
         if shard is not None and shard not in available:
             raise PipelineInputError(
                 f"shard '{shard}' is not in index {index} (shards: {', '.join(sorted(available))}); "
                 "pass one of them to --shard"
             )
-        counts = {shard: available[shard]} if shard is not None else available
+        if shard is not None and available[shard].num_records == 0:
+            raise PipelineInputError(
+                f"shard '{shard}' of index {index} is empty (its images are stored in other shards); nothing to "
+                "protect: budget another shard, or drop it with 'dprdm index drop-shard'"
+            )
+        chosen = [shard] if shard is not None else sorted(available)
+        skipped = [name for name in chosen if available[name].num_records == 0]
+        counts: dict[str, int | None] = {name: available[name].num_records for name in chosen if name not in skipped}
+        members = {name: available[name].ids for name in counts}
+        if not counts:
+            raise PipelineInputError(f"every shard of index {index} is empty; build it first")
     else:
         counts = {shard: records}
-    for name, n in counts.items():
-        check_delta(delta, records=n, scope=name)  # cheap checks first, before any calibration
     if sigma is None:
         sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta)
     mech = Mechanism(k=k, q=q, sigma=sigma)
-    for name, n in sorted(counts.items()):  # every scope checked before the ledger file is touched
-        check_scope(name, epsilon=epsilon, delta=delta, mechanism=mech, records=n)
-    # TODO(#10): the all-or-none creation below moves into Ledger.create_scopes (accountant) once it lands.
-    book = Ledger(path, create=True)
-    try:
-        existing = sorted(set(counts) & set(book.scopes()))
-        if existing:
-            raise PipelineInputError(
-                f"scope(s) {', '.join(existing)} already exist in ledger {path}; a scope's mechanism and "
-                "budget are fixed; use --shard for a new shard or a new --ledger"
-            )
-        statuses = {
-            name: book.create_scope(name, epsilon=epsilon, delta=delta, mechanism=mech, records=n).to_dict()
-            for name, n in sorted(counts.items())
-        }
-    except BaseException:
-        book.discard()  # removes the file only if this call created it (never an existing ledger)
-        raise
+    specs = [
+        ScopeSpec(name=name, epsilon=epsilon, delta=delta, mechanism=mech, records=n, members=members.get(name))
+        for name, n in sorted(counts.items())
+    ]
+    if index is None:
+        book, created = Ledger.initialise(ledger, specs)
+    elif idx.ledger_binding is not None or (ledger is None and (idx.path / LEDGER_NAME).exists()):
+        from pipeline.ledgers import index_ledger
+
+        book = index_ledger(idx, ledger)  # the index's one ledger (id checked); a second one is refused
+        created = book.create_scopes(specs)
+    else:
+        book, created = Ledger.initialise(ledger or idx.path / LEDGER_NAME, specs)
+        try:
+            idx.bind_ledger(book.ledger_id, book.location)
+        except BaseException:
+            book.discard()  # removes the file only if this call created it
+            raise
+    statuses = {status.scope: status.to_dict() for status in created}
+    location = str(book.path)
     book.close()
-    emit({"ledger": str(path), "scopes": statuses}, json_mode=json_mode, human=_ledger_human)
+    for name in skipped:
+        typer.echo(f"Warning: shard '{name}' is empty (all its images are stored in other shards); no scope created", err=True)
+    emit({"ledger": location, "scopes": statuses, "skipped_empty": skipped}, json_mode=json_mode, human=_ledger_human)
 
 
 # -- show / history / verify ----------------------------------------------------------------------------------------
 @app.command("show")
 def show(index: OptionalIndexOption = None, ledger: LedgerOption = None, json_mode: JsonOption = False) -> None:
     """Epsilon spent, budget and exact queries remaining of every scope (read-only)."""
-    path = _ledger_path(index, ledger)
     with _open_read_only(index, ledger) as book:
-        scopes = {name: book.status(name).to_dict() for name in book.scopes()}
+        path, scopes = book.path, {name: book.status(name).to_dict() for name in book.scopes()}
     emit({"ledger": str(path), "scopes": scopes}, json_mode=json_mode, human=_ledger_human)
 
 
@@ -277,8 +331,8 @@ def history(
     json_mode: JsonOption = False,
 ) -> None:
     """The append-only charge log, oldest first (read-only); times are ISO-8601 UTC in the table and the JSON."""
-    path = _ledger_path(index, ledger)
     with _open_read_only(index, ledger) as book:
+        path = book.path
         if scope is not None and scope not in book.scopes():
             raise PipelineInputError(f"scope '{scope}' is not in ledger {path}; see 'dprdm budget show'")
         charges = [_iso_times(c.to_dict()) for c in book.history(scope)]
@@ -305,6 +359,9 @@ def verify(index: OptionalIndexOption = None, ledger: LedgerOption = None, json_
 
 # -- plot -------------------------------------------------------------------------------------------------------
 def _curve(status: dict[str, Any], mech: Any) -> tuple[list[int], list[float]]:
+    """Epsilon at the scope's delta after x queries, at the scope's filter order (the guarantee it enforces)."""
+    import numpy as np
+
     from accountant import event_rdp
     from accountant.budget import epsilon_and_order
 
@@ -314,8 +371,12 @@ def _curve(status: dict[str, Any], mech: Any) -> tuple[list[int], list[float]]:
         end = max(2 * charged, 1000)
     end = max(end, 1)
     xs = sorted({round(end * i / 200) for i in range(201)} | {charged})
-    vector = event_rdp(mech.dp_event())
-    ys = [epsilon_and_order(vector, x, delta=status["delta"])[0] for x in xs]
+    order = (float(status["filter_order"]),)
+    per_query = float(event_rdp(mech.dp_event(), order)[0])
+    other = max(0.0, float(status["rdp_spent"]) - charged * per_query)  # training runs and carried-in loss
+    ys = [
+        epsilon_and_order(np.array([other + x * per_query]), 1, delta=status["delta"], orders=order)[0] for x in xs
+    ]
     return xs, ys
 
 
@@ -332,7 +393,8 @@ def plot(
     json_mode: JsonOption = False,
 ) -> None:
     """PNG of epsilon spent vs queries for the scope's mechanism up to its budget, current position marked."""
-    _ledger_path(index, ledger)
+    if index is None and ledger is None:
+        raise PipelineInputError("pass --index DIR (its one ledger) or --ledger PATH")
     if not out.parent.is_dir():
         raise PipelineInputError(f"--out directory {out.parent} does not exist; create it first")
     with _open_read_only(index, ledger) as book:

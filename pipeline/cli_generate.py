@@ -44,27 +44,40 @@ def generate(
     image: Annotated[Path | None, typer.Option("--image", metavar="PATH", help="Image query (public) instead of a prompt.", show_default=False)] = None,
     n_images: Annotated[int, typer.Option("--n-images", metavar="N", help="Images decoded from the one query.")] = 4,
     lambda_: Annotated[float, typer.Option("--lambda", metavar="L", help="Weight of the private retrieval: c = λ·noisy + (1−λ)·query; 0 = prompt only, not charged.")] = 1.0,
-    steps: Annotated[int, typer.Option("--steps", metavar="N", help="Decoder denoising steps.")] = 25,
+    steps: Annotated[int, typer.Option("--steps", "--num-inference-steps", metavar="N", help="Decoder denoising steps (diffusers' num_inference_steps).")] = 25,
     guidance: Annotated[float, typer.Option("--guidance", metavar="W", help="Classifier-free guidance scale.")] = 2.0,
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the PNGs, the grid and the JSON record.")] = Path("dprdm-output"),
     ledger_path: LedgerOption = None,
-    decoder_dir: Annotated[Path | None, typer.Option("--decoder", metavar="DIR", help="Decoder folder (default: the bundled tiny decoder).",
+    decoder_dir: Annotated[Path | None, typer.Option("--decoder", metavar="DIR", help="Decoder folder: the bundled tiny format, a diffusers "
+                                                     "Stable unCLIP or Kandinsky 2.2 pipeline folder (default: the bundled tiny decoder).",
                                                      show_default=False)] = None,
     seed: Annotated[int | None, typer.Option("--seed", metavar="INT", help="Seed of the decoder's noise only (retrieval noise is always "
                                                             "drawn from the OS CSPRNG).", show_default=False)] = None,
+    noise_level: Annotated[int | None, typer.Option("--noise-level", metavar="INT", help="Stable unCLIP: noise_level added to the image "
+                                                                   "embedding (diffusers' name).", show_default=False)] = None,
+    embedding_norm: Annotated[float | None, typer.Option("--embedding-norm", metavar="X", help="Stable unCLIP / Kandinsky: norm the unit "
+                                                                      "condition is rescaled to (default: from the decoder's own statistics).",
+                                                                      show_default=False)] = None,
+    embedding_scaling: Annotated[str | None, typer.Option("--embedding-scaling", metavar="MODE", help="Stable unCLIP / Kandinsky: normalize "
+                                                                        "(default), multiply or none.", show_default=False)] = None,
+    public_embeddings: Annotated[Path | None, typer.Option("--public-embeddings", metavar="FILE.npy", help="Stable unCLIP / Kandinsky: "
+                                                                         "PUBLIC image embeddings to estimate the embedding norm from.",
+                                                                         show_default=False)] = None,
     threads: ThreadsOption = None,
     json_mode: JsonOption = False,
 ) -> None:
     """Generate images conditioned on a differentially private retrieval."""
     if (prompt is None) == (image is None):
         raise PipelineInputError("pass exactly one query: a PROMPT argument or --image PATH")
+    knobs = {"noise_level": noise_level, "embedding_norm": embedding_norm, "embedding_scaling": embedding_scaling,
+             "public_embeddings": public_embeddings}
     payload = _run(prompt, index_dir, shard, image, n_images, lambda_, steps, guidance, out, ledger_path,
-                   decoder_dir, seed, threads)
+                   decoder_dir, seed, threads, knobs)
     emit(payload, json_mode=json_mode, human=_human)
 
 
 def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidance, out, ledger_path, decoder_dir,
-         seed, threads) -> dict[str, Any]:
+         seed, threads, knobs) -> dict[str, Any]:
     """Open everything, run one charged query and write the outputs (only after the charge committed)."""
     import index  # noqa: F401,I001  (first: its torchvision shim must run before diffusers is imported)
     import torch
@@ -78,7 +91,7 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
     query_image = _open_image(image_path) if image_path is not None else None
     _check_out(out)
     pipe = DPRDMPipeline.from_index_dir(index_dir, ledger=ledger_path, decoder=decoder_dir, shards=shards or None,
-                                        threads=threads)
+                                        threads=threads, decoder_options=knobs)
     torch_generator = None if seed is None else torch.Generator().manual_seed(seed)
     try:
         result = pipe(prompt, image=query_image, num_images=n_images, lambda_=lambda_, steps=steps,

@@ -1,4 +1,9 @@
-"""``dprdm index build|add|remove|info``: a thin shell over :mod:`index` (the library does the work).
+"""``dprdm index build|add|remove|drop-shard|ls|info|set-encoder``: a thin shell over :mod:`index`.
+
+Spent budget follows the record: when the index has a ledger, records leaving a shard (remove, drop-shard, a
+rebuild that drops them) are tombstoned with their scope's loss, and records joining a shard with a scope bring
+their tombstoned loss back, both in the index's ``before_commit`` hook, before the index commits
+(:mod:`pipeline.ledgers`).
 
 stdout carries the result (one JSON document with ``--json``); progress bars go to stderr, only when stderr
 is a terminal and ``--json`` is off. Errors become one ``Error:`` line on stderr in the root group
@@ -27,7 +32,7 @@ from pipeline._cli_common import (
 from pipeline.errors import PipelineInputError
 
 app = make_typer(
-    help="Build and maintain a private, DP-safe image index (dprdm index build|add|remove|info).",
+    help="Build and maintain a private, DP-safe image index (build, add, remove, drop-shard, ls, info, set-encoder).",
 )
 
 Source = Annotated[
@@ -49,23 +54,49 @@ def _show_progress(json_mode: bool) -> bool:
 
 
 def _human_info(info: dict[str, Any]) -> str:
+    """Counts only; the list of skipped inputs is printed by ``build`` (and always in ``--json``)."""
     lines = [
         f"{info['records']} records, dim {info['dim']}, index type {info['index_type']} "
         f"(quantiser: {info['quantizer']}), encoder {info['encoder']['model_id']}"
     ]
-    lines += [f"  shard {name}: {s['records']} records" for name, s in info["shards"].items()]
-    if info["skipped"]:
-        lines.append(f"skipped {len(info['skipped'])} inputs:")
-        lines += [f"  {s['source']}: {s['reason']}" for s in info["skipped"]]
+    for name, shard in info["shards"].items():
+        empty = " (empty: all its images are stored in other shards)" if shard.get("empty") else ""
+        lines.append(f"  shard {name}: {shard['records']} records, {shard['skipped']} inputs skipped{empty}")
     return "\n".join(lines)
 
 
 def _human_report(report: Any) -> str:
-    return (
+    info = report.to_dict()
+    lines = [
         f"shard {report.shard}: {report.added} records from the source ({report.encoded} encoded, "
-        f"{report.reused} reused, {report.duplicates} duplicates, {report.skipped} skipped)\n"
-        + _human_info(report.to_dict())
-    )
+        f"{report.reused} reused, {report.duplicates} duplicates, {report.skipped} skipped)",
+        _human_info(info),
+    ]
+    skipped = [s for s in info["skipped"] if s.get("shard") == report.shard]
+    if skipped:
+        lines.append(f"skipped {len(skipped)} inputs of shard {report.shard}:")
+        lines += [f"  {s['source']}: {s['reason']}" for s in skipped]
+    return "\n".join(lines)
+
+
+def _open_with_ledger(index: Path, *, must_exist: bool = True) -> tuple[Any, Any]:
+    """The index (None if ``index`` is not one yet and ``must_exist`` is False) and its ledger (None if none yet).
+
+    A bound ledger that is missing or replaced is refused (exit 3): records cannot move without their tombstones.
+    """
+    from index import IndexInputError, PrivateIndex
+    from pipeline._files import LEDGER_NAME
+    from pipeline.ledgers import index_ledger
+
+    try:
+        idx = PrivateIndex.open(index)
+    except IndexInputError:
+        if must_exist or (Path(index) / "manifest.json").exists():
+            raise
+        return None, None
+    if idx.ledger_binding is None and not (idx.path / LEDGER_NAME).exists():
+        return idx, None
+    return idx, index_ledger(idx)
 
 
 @app.command("build")
@@ -99,13 +130,16 @@ def build(
 ) -> None:
     """Build (or rebuild) a shard from SOURCE; re-running an interrupted build resumes it."""
     from index import build_index
+    from pipeline.ledgers import membership_hook
 
     if public_train is not None and index_type is None:
         index_type = "ivf-flat"
+    _, ledger = _open_with_ledger(index, must_exist=False)
     report = build_index(
         source, index, shard=shard, model=model, pretrained=pretrained, batch_size=batch_size,
         public_train=public_train, image_column=image_column, num_threads=threads,
         progress=_show_progress(json_mode), index_type=index_type,
+        before_commit=membership_hook(ledger, joining=True), before_drop=membership_hook(ledger, joining=False),
     )  # fmt: skip
     with after_commit(f"the build of shard '{shard}' committed; see 'dprdm index info --index {index}'"):
         emit(report.to_dict(), json_mode=json_mode, human=lambda _: _human_report(report))
@@ -122,11 +156,12 @@ def add(
     json_mode: JsonOption = False,
 ) -> None:
     """Append the images of SOURCE to a shard (created if new), with the index's own encoder."""
-    from index import PrivateIndex
+    from pipeline.ledgers import membership_hook
 
-    report = PrivateIndex.open(index).add(
+    idx, ledger = _open_with_ledger(index)
+    report = idx.add(
         source, shard=shard, batch_size=batch_size, image_column=image_column, num_threads=threads,
-        progress=_show_progress(json_mode),
+        progress=_show_progress(json_mode), before_commit=membership_hook(ledger, joining=True),
     )  # fmt: skip
     with after_commit(f"the records were added to shard '{shard}'; see 'dprdm index info --index {index}'"):
         emit(report.to_dict(), json_mode=json_mode, human=lambda _: _human_report(report))
@@ -146,16 +181,84 @@ def remove(
     ] = None,
     json_mode: JsonOption = False,
 ) -> None:
-    """Remove records by id or by source from vectors, metadata and id map (no re-encoding)."""
+    """Remove records by id or by source from vectors, metadata and id map (no re-encoding).
+
+    Their spent budget stays with them (a tombstone in the index's ledger) and follows them if they come back.
+    Exit 2 when nothing matched (nothing changed); selectors that matched nothing are listed.
+    """
     if bool(ids) == bool(sources):
         raise PipelineInputError("pass either --id ID ... or --source PATH ... (exactly one of them)")
+    from pipeline.ledgers import membership_hook
+
+    idx, ledger = _open_with_ledger(index)
+    report = idx.remove(ids=ids, sources=sources, before_commit=membership_hook(ledger, joining=False))
+    with after_commit(f"{report.removed} records were removed from index {index}"):
+        removal = report.to_dict()
+        payload = dict(idx.info(), removed=removal["removed"], removed_per_shard=removal["shards"],
+                       unmatched_ids=removal["unmatched_ids"], unmatched_sources=removal["unmatched_sources"])
+        emit(payload, json_mode=json_mode, human=_human_removed)
+
+
+def _human_removed(payload: dict[str, Any]) -> str:
+    lines = [f"removed {payload['removed']} records"]
+    unmatched = [str(i) for i in payload["unmatched_ids"]] + list(payload["unmatched_sources"])
+    if unmatched:
+        lines.append(f"matched nothing: {', '.join(unmatched)}")
+    return "\n".join(lines + [_human_info(payload)])
+
+
+@app.command("drop-shard")
+def drop_shard(
+    index: IndexOption,
+    name: Annotated[str, typer.Option("--shard", metavar="NAME", show_default=False, help="Shard to delete.")],
+    json_mode: JsonOption = False,
+) -> None:
+    """Delete a shard and its records (e.g. one left empty because all its images are in other shards).
+
+    Its records are tombstoned with their scope's loss first; the scope's charges stay in the ledger.
+    """
+    from pipeline.ledgers import membership_hook
+
+    idx, ledger = _open_with_ledger(index)
+    dropped = idx.drop_shard(name, before_commit=membership_hook(ledger, joining=False))
+    with after_commit(f"shard '{name}' was dropped from index {index}"):
+        payload = dict(idx.info(), dropped_shard=name, removed=dropped)
+        emit(payload, json_mode=json_mode, human=lambda p: f"dropped shard {name} ({dropped} records)\n" + _human_info(p))
+
+
+@app.command("ls")
+def ls(
+    index: IndexOption,
+    shard: Annotated[
+        str | None, typer.Option("--shard", metavar="NAME", show_default=False, help="Only this shard.")
+    ] = None,
+    json_mode: JsonOption = False,
+) -> None:
+    """List every record as shard, id and source (the owner's view: private metadata, never for analysts)."""
+    from index import PrivateIndex
+
+    rows = [{"shard": s, "id": i, "source": src} for s, i, src in PrivateIndex.open(index).records(shard)]
+    emit(rows, json_mode=json_mode, human=lambda r: "\n".join(f"{x['shard']}\t{x['id']}\t{x['source']}" for x in r))
+
+
+@app.command("set-encoder")
+def set_encoder(
+    index: IndexOption,
+    model: Annotated[
+        str, typer.Option("--model", metavar="NAME", show_default=False, help="open_clip NAME or local-dir:DIR.")
+    ],
+    pretrained: Annotated[
+        str | None,
+        typer.Option("--pretrained", metavar="PATH", show_default=False, help="Weights file or locally cached tag."),
+    ] = None,
+    json_mode: JsonOption = False,
+) -> None:
+    """Re-point the index at its encoder after the model files moved (the weights' sha256 must be the same)."""
     from index import PrivateIndex
 
     idx = PrivateIndex.open(index)
-    removed = idx.remove(ids=ids, sources=sources)
-    with after_commit(f"{removed} records were removed from index {index}"):
-        payload = dict(idx.info(), removed=removed)
-        emit(payload, json_mode=json_mode, human=lambda p: f"removed {p['removed']} records\n" + _human_info(p))
+    idx.set_encoder(model, pretrained)
+    emit(idx.info(), json_mode=json_mode, human=_human_info)
 
 
 @app.command("info")

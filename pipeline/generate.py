@@ -165,17 +165,8 @@ class DPRDMPipeline:
     """
 
     def __init__(self, retriever: PrivateRetriever, encoder: Encoder, decoder: Decoder) -> None:
-        if int(encoder.dim) != retriever.dim:
-            raise PipelineInputError(
-                f"encoder dimension {encoder.dim} does not match the index dimension {retriever.dim}; "
-                "use the index's own encoder (PrivateIndex.load_encoder())"
-            )
-        condition_dim = getattr(decoder, "condition_dim", None)
-        if condition_dim is not None and int(condition_dim) != retriever.dim:
-            raise PipelineInputError(
-                f"decoder condition width {condition_dim} does not match the index dimension {retriever.dim}; "
-                "pass a decoder trained on this index's embedding space (--decoder DIR)"
-            )
+        _check_widths(int(encoder.dim), "encoder dimension", retriever.dim)
+        _check_widths(int(decoder.condition_dim), "decoder condition width", retriever.dim)
         self.retriever = retriever
         self.encoder = encoder
         self.decoder = decoder
@@ -189,6 +180,7 @@ class DPRDMPipeline:
         decoder: Decoder | str | os.PathLike[str] | None = None,
         shards: Sequence[str] | None = None,
         threads: int | None = None,
+        decoder_options: dict[str, Any] | None = None,
     ) -> DPRDMPipeline:
         """Open an index, its ledger, its encoder and a decoder, checking everything that can refuse a query.
 
@@ -200,9 +192,12 @@ class DPRDMPipeline:
             index_dir (`str | os.PathLike`): folder written by ``dprdm index build``.
             ledger (`accountant.Ledger | str | os.PathLike`, *optional*): an open ledger or its path; defaults to
                 ``<index_dir>/budget.sqlite``.
-            decoder (`Decoder | str | os.PathLike`, *optional*): a decoder or its folder; None = the bundled one.
+            decoder (`Decoder | str | os.PathLike`, *optional*): a decoder or its folder (any family
+                :func:`pipeline.decoders.load_decoder` recognises); None = the bundled one.
             shards (`Sequence[str]`, *optional*): shards to query; defaults to every shard.
             threads (`int`, *optional*): torch threads of the encoder.
+            decoder_options (`dict`, *optional*): the decoder family's knobs (e.g. ``noise_level``), passed to
+                :func:`pipeline.decoders.load_decoder`.
 
         Returns:
             `DPRDMPipeline`
@@ -212,29 +207,21 @@ class DPRDMPipeline:
             PipelineInputError: unknown shards, or an encoder/decoder width that differs from the index's.
             index.IndexStoreError, accountant.AccountantError: unreadable or damaged index or ledger.
         """
-        from accountant import Ledger
         from index import PrivateIndex
-        from pipeline._files import default_ledger, expand_user
-        from pipeline.errors import PrivacyRefusal
+        from pipeline._files import expand_user
+        from pipeline.decoders import describe_decoder, load_decoder
+        from pipeline.ledgers import index_ledger
         from pipeline.retrieve import PrivateRetriever
 
         index = PrivateIndex.open(expand_user(index_dir))
         if ledger is None or isinstance(ledger, str | os.PathLike):
-            path = default_ledger(index_dir) if ledger is None else expand_user(ledger)
-            if not path.exists():
-                raise PrivacyRefusal(
-                    f"no budget ledger at {path}; create one with 'dprdm budget init --index DIR' "
-                    "(or pass --ledger PATH)"
-                )
-            ledger = Ledger(path, create=False)
-        retriever = PrivateRetriever(index, ledger, shards=shards)
-        retriever.mechanism()  # refuse missing / mismatched scopes before loading any model
-        encoder = index.load_encoder(num_threads=threads)
+            ledger = index_ledger(index, ledger)  # the index's one ledger; any other is refused (exit 3)
+        retriever = PrivateRetriever(index, ledger, shards=shards)  # refuses missing / mismatched scopes
         if decoder is None or isinstance(decoder, str | os.PathLike):
-            # TODO(#15): becomes pipeline.decoders.load_decoder(decoder) (every decoder family) when it lands.
-            from pipeline.decoders import TinyDecoder
-
-            decoder = TinyDecoder.from_pretrained(decoder)
+            # the decoder's width is read from its config and checked before any model is loaded or charged
+            _check_widths(describe_decoder(decoder).condition_dim, "decoder condition width", retriever.dim)
+            decoder = load_decoder(decoder, **(decoder_options or {}))
+        encoder = index.load_encoder(num_threads=threads)
         return cls(retriever, encoder, decoder)
 
     @torch.no_grad()
@@ -319,6 +306,17 @@ class DPRDMPipeline:
             release=release,
             uncharged_statuses=uncharged,
         )
+
+
+def _check_widths(width: int, what: str, index_dim: int) -> None:
+    """Refuse an encoder or decoder whose width differs from the index's (before anything is charged)."""
+    if width != index_dim:
+        fix = (
+            "use the index's own encoder (PrivateIndex.load_encoder())"
+            if what.startswith("encoder")
+            else "pass a decoder that conditions on this index's embedding space (--decoder DIR); see README 'Using real models'"
+        )
+        raise PipelineInputError(f"{what} {width} does not match the index dimension {index_dim}; {fix}")
 
 
 def _check_call(

@@ -114,7 +114,12 @@ def index_ledger(
     binding = index.ledger_binding
     path = bound
     if requested is not None and not _same_file(requested, bound):
-        path = requested  # allowed only if it IS the bound ledger (same id), e.g. after the file moved
+        if not requested.exists() or bound.exists():
+            raise PrivacyRefusal(
+                f"index '{index.path}' is bound to ledger {binding['id']} at {bound}; {requested} is another "
+                "ledger; an index has exactly one ledger and only that one is charged"
+            )
+        path = requested  # the bound file is gone: accepted only if this IS the bound ledger (same id), moved
     if not path.exists():
         raise PrivacyRefusal(
             f"the ledger of index '{index.path}' (id {binding['id']}) is missing at {path}; every query is refused; "

@@ -162,30 +162,42 @@ def aggregate(vectors: np.ndarray, k: int) -> np.ndarray:
     return (rows.sum(axis=0) / k).astype(np.float32)
 
 
-def privatize(aggregate: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+def privatize(aggregate: np.ndarray, sigma: float, *, _rng: np.random.Generator | None = None) -> np.ndarray:
     """Add isotropic Gaussian noise ``N(0, σ² I_d)`` to an aggregate of L2 sensitivity ``2/k``.
 
-    The Gaussian mechanism of DP-RDM: with sensitivity ``2/k`` (add/remove-one) the noise multiplier is
-    ``kσ/2``, accounted as ``PoissonSampledDpEvent(q, GaussianDpEvent(kσ/2))`` by dp-accounting's RDP
-    accountant. ``sigma = 0`` returns the aggregate unchanged (non-private, ε = ∞).
+    The Gaussian mechanism of DP-RDM, sampled by OpenDP's Gaussian measurement on float vectors
+    (:func:`accountant.gaussian_measurement`: the Gaussian is sampled exactly and rounded to float, which closes
+    the floating-point attack of Mironov 2012). With sensitivity ``2/k`` (add/remove-one) the ledger charges the
+    noise multiplier OpenDP's privacy map states (≤ ``kσ/2``) as ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``
+    (dp-accounting RDP). The float32 cast of OpenDP's output is post-processing. ``sigma = 0`` returns the
+    aggregate unchanged (non-private, ε = ∞; only the audit uses it). A 2-D array gets independent noise per
+    coordinate (the audit draws many releases in one call).
 
     Args:
-        aggregate (`np.ndarray`): ``(d,)`` output of :func:`aggregate`.
+        aggregate (`np.ndarray`): ``(d,)`` output of :func:`aggregate` (or ``(n, d)`` of several).
         sigma (`float`): noise standard deviation per coordinate, ``σ ≥ 0``.
-        rng (`np.random.Generator`): :func:`secure_rng` in production; never a logged seed.
+        _rng (`np.random.Generator`, *optional*): TEST HOOK ONLY, not part of the API: draw the noise from this
+            seeded numpy generator (a float Gaussian) instead of OpenDP, for reproducible tests and benchmarks.
 
     Returns:
-        `np.ndarray`: float32 ``(d,)`` noisy vector, the only thing a private query releases.
+        `np.ndarray`: float32 noisy vector(s), the only thing a private query releases.
 
     Raises:
-        PipelineInputError: not a finite 1-D vector, or ``sigma`` negative or not finite.
+        PipelineInputError: not a finite 1-D or 2-D array, or ``sigma`` negative or not finite.
     """
     vector = np.asarray(aggregate, dtype=np.float64)
-    if vector.ndim != 1 or not np.isfinite(vector).all():
+    if vector.ndim not in (1, 2) or not np.isfinite(vector).all():
         raise PipelineInputError(f"aggregate must be a finite 1-D vector; found shape {vector.shape}; pass the output of aggregate()")
     sigma = _check_sigma(sigma)
-    _check_rng(rng)
-    return (vector + rng.normal(0.0, sigma, size=vector.shape)).astype(np.float32)
+    if sigma == 0.0:
+        return vector.astype(np.float32)
+    if _rng is not None:
+        _check_rng(_rng)
+        return (vector + _rng.normal(0.0, sigma, size=vector.shape)).astype(np.float32)
+    from accountant import gaussian_measurement
+
+    noisy = gaussian_measurement(sigma)(vector.ravel().tolist())
+    return np.asarray(noisy, dtype=np.float64).reshape(vector.shape).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- internals

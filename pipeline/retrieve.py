@@ -100,9 +100,13 @@ class PrivateRetriever:
             raise PipelineInputError(f"unknown shard {unknown[0]!r}; the index has {names}; pass one of them with --shard")
         if len(set(chosen)) != len(chosen):
             raise PipelineInputError(f"shards must be distinct; found {chosen}; name each shard once")
+        from pipeline.ledgers import require_own_ledger
+
+        require_own_ledger(index, ledger)  # a query over an index charges only that index's own ledger
         self.index = index
         self.ledger = ledger
         self.shards: tuple[str, ...] = tuple(chosen)
+        self._mechanism = self._resolve_mechanism()
 
     @property
     def dim(self) -> int:
@@ -110,7 +114,11 @@ class PrivateRetriever:
         return int(self.index.dim)
 
     def mechanism(self) -> Mechanism:
-        """The ``(k, q, sigma)`` mechanism shared by every targeted scope.
+        """The ``(k, q, sigma)`` mechanism shared by every targeted scope (resolved once, when constructed)."""
+        return self._mechanism
+
+    def _resolve_mechanism(self) -> Mechanism:
+        """Read the targeted scopes' mechanism from the ledger, once; refuse missing or mismatched scopes.
 
         Raises:
             PrivacyRefusal: a shard has no scope in the ledger, or the scopes disagree.
@@ -161,23 +169,27 @@ class PrivateRetriever:
             accountant.BudgetExceeded: the query does not fit one of the budgets (nothing charged or retrieved).
             accountant.LedgerUnavailable: the ledger cannot be read or written (nothing charged or retrieved).
         """
-        # 1. validate
+        # 1. validate (the mechanism was resolved, and the ledger checked to be the index's own, at construction)
         vector = _check_query(query, self.dim)
-        mechanism = self.mechanism()
+        mechanism = self._mechanism
         # 2. load and check every targeted shard (cached): damage surfaces here, before anything is charged
-        for name in self.shards:
-            self.index.shard(name).load()
-        # 3. charge: one transaction over every targeted scope; an exception here releases nothing
-        receipt = self.ledger.charge(list(self.shards), caller=caller, purpose=purpose)
+        records = {name: self.index.shard(name).load().num_records for name in self.shards}
+        # 3. charge: one transaction over every targeted scope, delta < 1/N checked against each shard's current
+        #    N; an exception here releases nothing
+        receipt = self.ledger.charge(list(self.shards), records=records, caller=caller, purpose=purpose)
         # 4. fresh Poisson subsample of every shard, exact top-k of the union
         rng = secure_rng() if _rng is None else _rng
         neighbours = self._neighbours(vector, mechanism.k, mechanism.q, rng)
-        # 5. zero-padded mean, then Gaussian noise
-        noisy = privatize(aggregate(neighbours, mechanism.k), mechanism.sigma, rng)
+        # 5. zero-padded mean, then Gaussian noise (OpenDP's sampler; a seeded float Gaussian only under the hook)
+        noisy = privatize(aggregate(neighbours, mechanism.k), mechanism.sigma, _rng=_rng)
         noisy.setflags(write=False)
-        statuses = tuple(self.ledger.status(shard) for shard in self.shards)
         return PrivateRelease(
-            vector=noisy, k=mechanism.k, q=mechanism.q, sigma=mechanism.sigma, receipt=receipt, statuses=statuses
+            vector=noisy,
+            k=mechanism.k,
+            q=mechanism.q,
+            sigma=mechanism.sigma,
+            receipt=receipt,
+            statuses=receipt.statuses,
         )
 
     def _neighbours(self, query: np.ndarray, k: int, q: float, rng: np.random.Generator) -> np.ndarray:

@@ -143,8 +143,10 @@ def run_audit(
     noise = sigma if mechanism_sigma is None else mechanism_sigma
 
     with_canary = np.vstack([data, canary.vector[None, :]])
-    scores_out = _release_scores(data, canary, k=k, q=q, sigma=noise, trials=trials, rng=mech_rng)
-    scores_in = _release_scores(with_canary, canary, k=k, q=q, sigma=noise, trials=trials, rng=mech_rng)
+    scores_out = _release_scores(data, canary, k=k, q=q, sigma=noise, trials=trials, rng=mech_rng, noise_rng=_rng)
+    scores_in = _release_scores(
+        with_canary, canary, k=k, q=q, sigma=noise, trials=trials, rng=mech_rng, noise_rng=_rng
+    )
 
     half = trials // 2
     alpha = 1.0 - confidence
@@ -182,9 +184,21 @@ def run_audit(
 
 
 def _release_scores(
-    vectors: np.ndarray, canary, *, k: int, q: float, sigma: float, trials: int, rng: np.random.Generator
+    vectors: np.ndarray,
+    canary,
+    *,
+    k: int,
+    q: float,
+    sigma: float,
+    trials: int,
+    rng: np.random.Generator,
+    noise_rng: np.random.Generator | None,
 ) -> np.ndarray:
-    """⟨release, u⟩ for ``trials`` runs of the real mechanism on one dataset (one index, reused)."""
+    """⟨release, u⟩ for ``trials`` runs of the real mechanism on one dataset (one index, reused).
+
+    The noise of all runs is drawn in one call of the production sampler (OpenDP; independent per coordinate,
+    so the same distribution as one call per run) unless the test hook ``noise_rng`` is given.
+    """
     from pipeline.mechanism import aggregate, privatize, subsample_topk
 
     index = flat_index(vectors)
@@ -192,7 +206,7 @@ def _release_scores(
     for trial in range(trials):
         ids = subsample_topk(index, canary.vector, k, q, rng)
         aggregates[trial] = aggregate(vectors[ids], k)
-    releases = np.stack([privatize(row, sigma, rng) for row in aggregates])
+    releases = privatize(aggregates, sigma, _rng=noise_rng).astype(np.float64)
     return releases @ canary.direction.astype(np.float64)
 
 

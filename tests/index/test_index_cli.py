@@ -25,14 +25,8 @@ def _ok_json(result) -> dict:
     return json.loads(result.stdout)
 
 
-_NEEDS_CLI = pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/cli_index.py must be wired to the new index API (lead): remove() returns a RemoveReport "
-    "and matching nothing is an input error (exit 2)",
-)
 
 
-@_NEEDS_CLI
 def test_build_add_remove_info_json(tmp_path: Path, tiny_model: str, messy_corpus) -> None:
     folder, _ = messy_corpus
     ix = tmp_path / "ix"

@@ -33,28 +33,40 @@ def _write_digits(folder: Path, labels: range, per_class: int = PER_CLASS) -> Pa
 
 
 @pytest.fixture(scope="session")
-def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One shard ('default') of 300 private digits (30 per class)."""
+def built_single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One shard ('default') of 300 private digits (30 per class), built once per session (never bound)."""
     root = tmp_path_factory.mktemp("single")
     build_index(_write_digits(root / "pngs", range(10)), root / "index", progress=False, num_threads=1)
     return root / "index"
 
 
 @pytest.fixture(scope="session")
-def two_shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Shards 'low' (digits 0-4) and 'high' (digits 5-9), 10 per class."""
+def built_two(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards 'low' (digits 0-4) and 'high' (digits 5-9), 10 per class, built once per session."""
     root = tmp_path_factory.mktemp("two")
     build_index(_write_digits(root / "low", range(5), 10), root / "index", shard="low", progress=False, num_threads=1)
     build_index(_write_digits(root / "high", range(5, 10), 10), root / "index", shard="high", progress=False, num_threads=1)
     return root / "index"
 
 
+@pytest.fixture()
+def index_dir(tmp_path: Path, built_single: Path) -> Path:
+    """A per-test copy of the single-shard index: an index binds its one ledger, so tests never share one."""
+    return Path(shutil.copytree(built_single, tmp_path / "single"))
+
+
+@pytest.fixture()
+def two_shard_dir(tmp_path: Path, built_two: Path) -> Path:
+    """A per-test copy of the two-shard index."""
+    return Path(shutil.copytree(built_two, tmp_path / "two"))
+
+
 @pytest.fixture(scope="session")
-def decoder_dir(tmp_path_factory: pytest.TempPathFactory, index_dir: Path) -> Path:
+def decoder_dir(tmp_path_factory: pytest.TempPathFactory, built_single: Path) -> Path:
     """A tiny randomly initialised TinyDecoder (8×8 images) saved like a trained one."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
-    dim = PrivateIndex.open(index_dir).dim
+    dim = PrivateIndex.open(built_single).dim
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, norm_num_groups=4,
@@ -68,9 +80,9 @@ def decoder_dir(tmp_path_factory: pytest.TempPathFactory, index_dir: Path) -> Pa
 
 
 @pytest.fixture(scope="session")
-def encoder(index_dir: Path):
+def encoder(built_single: Path):
     """The index's own (bundled) encoder, loaded once."""
-    return PrivateIndex.open(index_dir).load_encoder()
+    return PrivateIndex.open(built_single).load_encoder()
 
 
 @pytest.fixture()
@@ -79,11 +91,9 @@ def decoder(decoder_dir: Path) -> TinyDecoder:
 
 
 @pytest.fixture()
-def private_copy(tmp_path: Path, index_dir: Path) -> Path:
+def private_copy(index_dir: Path) -> Path:
     """A per-test copy of the single-shard index (so its default ledger DIR/budget.sqlite is the test's own)."""
-    target = tmp_path / "index"
-    shutil.copytree(index_dir, target)
-    return target
+    return index_dir
 
 
 MakeLedger = Callable[..., Ledger]
@@ -91,10 +101,16 @@ MakeLedger = Callable[..., Ledger]
 
 @pytest.fixture()
 def make_ledger(tmp_path: Path) -> MakeLedger:
-    """Create a ledger with one scope per given shard: ``make_ledger(path=None, default=dict(k=.., q=.., ...))``."""
+    """Create a ledger with one scope per given shard: ``make_ledger(path=None, default=dict(k=.., q=.., ...))``.
+
+    Without ``path`` the ledger is the own ledger (``DIR/budget.sqlite``) of the one index copy this test made.
+    """
 
     def make(path: Path | None = None, **scopes: dict) -> Ledger:
-        ledger = Ledger(path or tmp_path / "budget.sqlite")
+        if path is None:
+            copies = [tmp_path / name for name in ("single", "two") if (tmp_path / name).is_dir()]
+            path = copies[0] / "budget.sqlite" if len(copies) == 1 else tmp_path / "budget.sqlite"
+        ledger = Ledger(path)
         for name, params in scopes.items():
             ledger.create_scope(name, **({"epsilon": 10.0, "delta": 1e-6} | params))
         return ledger

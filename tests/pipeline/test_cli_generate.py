@@ -48,7 +48,7 @@ def test_generate_json_writes_images_and_reports_the_budget(runner, private_copy
 
 
 def test_human_output_and_two_shards(runner, two_shard_dir: Path, make_ledger, decoder_dir, tmp_path) -> None:
-    ledger = tmp_path / "two.sqlite"
+    ledger = two_shard_dir / "budget.sqlite"  # the index's own ledger, named explicitly
     make_ledger(ledger, low=SCOPE | {"epsilon": 10.0}, high=SCOPE | {"epsilon": 10.0})
     result = _generate(runner, "a handwritten digit 8", "--index", str(two_shard_dir), "--shard", "low", "--shard", "high",
                        "--ledger", str(ledger), "--n-images", "1", "--steps", "1", "--decoder", str(decoder_dir),
@@ -59,9 +59,9 @@ def test_human_output_and_two_shards(runner, two_shard_dir: Path, make_ledger, d
         assert {row.scope for row in opened.history()} == {"low", "high"}
 
 
-def test_image_query(runner, private_copy: Path, make_ledger, decoder_dir, tmp_path, index_dir) -> None:
+def test_image_query(runner, private_copy: Path, make_ledger, decoder_dir, tmp_path, built_single) -> None:
     make_ledger(private_copy / "budget.sqlite", default=SCOPE | {"epsilon": 10.0})
-    png = next((index_dir.parent / "pngs").rglob("*.png"))
+    png = next((built_single.parent / "pngs").rglob("*.png"))
     result = _generate(runner, "--image", str(png), "--index", str(private_copy), "--n-images", "1", "--steps", "1",
                        "--decoder", str(decoder_dir), "--out", str(tmp_path / "out"), "--json")
     assert result.exit_code == 0, result.stderr

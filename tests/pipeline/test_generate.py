@@ -129,7 +129,7 @@ def test_decoder_of_another_condition_width_is_refused_before_any_charge(index_d
 def test_from_index_dir_wires_index_ledger_encoder_and_decoder(private_copy: Path, make_ledger, decoder_dir) -> None:
     from pipeline import PrivacyRefusal
 
-    with pytest.raises(PrivacyRefusal, match="no budget ledger at .*dprdm budget init"):
+    with pytest.raises(PrivacyRefusal, match="has no budget ledger; .*dprdm budget init"):
         DPRDMPipeline.from_index_dir(private_copy, decoder=decoder_dir)
     assert not (private_copy / "budget.sqlite").exists()  # a missing ledger is never created
     make_ledger(private_copy / "budget.sqlite", default=SCOPE)

@@ -317,12 +317,12 @@ def test_aggregate_clips_any_row_instead_of_raising_after_the_charge(row) -> Non
 
 def test_privatize_adds_gaussian_noise_of_std_sigma() -> None:
     base = np.linspace(-0.1, 0.1, 40_000).astype(np.float32)
-    noisy = privatize(base, 0.3, np.random.default_rng(9))
+    noisy = privatize(base, 0.3, _rng=np.random.default_rng(9))
     noise = noisy.astype(np.float64) - base
     assert noisy.dtype == np.float32 and noisy.shape == base.shape
     assert abs(noise.std() - 0.3) < 0.01 and abs(noise.mean()) < 0.01
     assert stats.normaltest(noise).pvalue > 1e-3
-    np.testing.assert_array_equal(privatize(base, 0.0, np.random.default_rng(0)), base)
+    np.testing.assert_array_equal(privatize(base, 0.0, _rng=np.random.default_rng(0)), base)
 
 
 def test_secure_rng_is_fresh_each_call() -> None:
@@ -364,9 +364,9 @@ def test_subsample_topk_rejects_bad_input(kwargs: dict, match: str) -> None:
     [
         (lambda: aggregate(np.ones((3, D), np.float32) / np.sqrt(D), 2), "at most k=2 rows"),
         (lambda: aggregate(np.ones(D, np.float32), 2), "2-D"),
-        (lambda: privatize(np.zeros(D), -0.1, np.random.default_rng(0)), "sigma must be a finite number ≥ 0"),
-        (lambda: privatize(np.zeros(D), float("inf"), np.random.default_rng(0)), "sigma must be"),
-        (lambda: privatize(np.full(D, np.nan), 0.1, np.random.default_rng(0)), "finite 1-D"),
+        (lambda: privatize(np.zeros(D), -0.1, _rng=np.random.default_rng(0)), "sigma must be a finite number ≥ 0"),
+        (lambda: privatize(np.zeros(D), float("inf"), _rng=np.random.default_rng(0)), "sigma must be"),
+        (lambda: privatize(np.full(D, np.nan), 0.1, _rng=np.random.default_rng(0)), "finite 1-D"),
         (lambda: poisson_subsample(-1, 0.5, np.random.default_rng(0)), "non-negative"),
     ],
     ids=["agg-too-many", "agg-1d", "sigma-negative", "sigma-inf", "privatize-nan", "n-negative"],

@@ -66,7 +66,7 @@ def test_release_equals_the_mechanism_on_the_union_of_shards(encoder, two_shard_
         kept.append(np.asarray(shard.embeddings)[poisson_subsample(shard.num_records, Q, rng)])
     union = np.concatenate(kept)
     best = union[np.argsort(-(union @ query), kind="stable")[: K]]
-    expected = privatize(aggregate(best, K), release.sigma, rng)
+    expected = privatize(aggregate(best, K), release.sigma, _rng=rng)
     np.testing.assert_allclose(release.vector, expected, atol=1e-6)
     assert {line.scope for line in release.receipt.lines} == {"low", "high"}
 

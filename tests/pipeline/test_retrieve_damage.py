@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,7 @@ def _damage_header(path: Path) -> None:
 def test_damaged_shard_is_refused_with_nothing_charged(
     encoder, two_shard_dir: Path, tmp_path: Path, make_ledger, name: str
 ) -> None:
-    copy = tmp_path / "index"
-    shutil.copytree(two_shard_dir, copy)
-    index = PrivateIndex.open(copy)  # size checks pass; the damaged file has not been read yet
+    index = PrivateIndex.open(two_shard_dir)  # a per-test copy already  # size checks pass; the damaged file has not been read yet
     _damage_header(index.shard("high").path / name)
     ledger = make_ledger(low=SCOPE, high=SCOPE)
     retriever = PrivateRetriever(index, ledger, shards=["low", "high"])
