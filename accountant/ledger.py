@@ -446,7 +446,8 @@ class Ledger:
         if not s.delta < 1.0 / n:
             raise DeltaRefused(
                 f"scope '{s.name}' delta={s.delta:g} is not below 1/N = {1.0 / n:.3g} for its N={n} records; "
-                "nothing was charged; the shard grew past its delta: create a new scope with a smaller delta"
+                "nothing was charged; the shard grew past 1/delta: queries stay refused until it holds fewer than 1/delta "
+                "records (a scope's delta is fixed)"
             )
 
     def _plan(self, s: ScopeRow, event: dpa.DpEvent | None, count: int, records: dict[str, int]) -> _Step:

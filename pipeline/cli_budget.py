@@ -67,10 +67,10 @@ def _open_read_only(index: Path | None, ledger: Path | None):
     """Open read-only: ``--ledger`` alone as is; with ``--index``, only the index's own ledger (id checked)."""
     from accountant import Ledger
 
-    if index is None:
-        if ledger is None:
+    if index is None or not (index / "manifest.json").is_file():  # no index there: its ledger is not either
+        if index is None and ledger is None:
             raise PipelineInputError("pass --index DIR (its one ledger) or --ledger PATH")
-        return Ledger(ledger, create=False, read_only=True)
+        return Ledger(ledger or index / LEDGER_NAME, create=False, read_only=True)
     from index import PrivateIndex
     from pipeline.ledgers import index_ledger
 
@@ -243,7 +243,7 @@ def init(
     if index is not None and records is not None:
         raise PipelineInputError("--records is read from --index; drop --records")
     if index is None and (shard is None or ledger is None):
-        raise PipelineInputError("without --index pass --ledger PATH --shard NAME (and --records N)")
+        raise PipelineInputError("without --index pass --shard NAME and --ledger PATH (and --records N to check delta < 1/N)")
     if index is not None and not index.is_dir():
         raise PipelineInputError(f"--index {index} is not a directory; build it with 'dprdm index build'")
     members: dict[str, Any] = {}

@@ -84,7 +84,7 @@ class PrivateRetriever:
     Args:
         index (`index.PrivateIndex`): the opened private index.
         ledger (`accountant.Ledger`): the budget ledger holding one scope per shard (named after the shard).
-        shards (`Sequence[str]`, *optional*): shards to query; defaults to every shard of the index.
+        shards (`Sequence[str]`, *optional*): shards to query; defaults to every non-empty shard of the index.
 
     Raises:
         PipelineInputError: an unknown, repeated or empty shard selection.
@@ -92,7 +92,9 @@ class PrivateRetriever:
 
     def __init__(self, index: PrivateIndex, ledger: Ledger, *, shards: Sequence[str] | None = None) -> None:
         names = list(index.shard_names)
-        chosen = names if shards is None else [str(name) for name in shards]
+        # default: every shard that holds records (a shard left empty by cross-shard duplicates has no scope)
+        default = [name for name in names if index.shard(name).num_records > 0]
+        chosen = default if shards is None else [str(name) for name in shards]
         if not chosen:
             raise PipelineInputError("no shard to query; the index is empty or --shard was given no name; build the index first")
         unknown = sorted(set(chosen) - set(names))
