@@ -71,10 +71,14 @@ def _open_read_only(index: Path | None, ledger: Path | None):
         if index is None and ledger is None:
             raise PipelineInputError("pass --index DIR (its one ledger) or --ledger PATH")
         return Ledger(ledger or index / LEDGER_NAME, create=False, read_only=True)
-    from index import PrivateIndex
+    from index import IndexStoreError, PrivateIndex
     from pipeline.ledgers import index_ledger
 
-    return index_ledger(PrivateIndex.open(index), ledger, read_only=True)
+    try:
+        idx = PrivateIndex.open(index)
+    except IndexStoreError:  # a damaged index must not hide its ledger: read (never charge) DIR/budget.sqlite
+        return Ledger(ledger or index / LEDGER_NAME, create=False, read_only=True)
+    return index_ledger(idx, ledger, read_only=True)
 
 
 def _iso_times(charge: dict[str, Any]) -> dict[str, Any]:
@@ -280,7 +284,7 @@ def init(
     ]
     if index is None:
         book, created = Ledger.initialise(ledger, specs)
-    elif idx.ledger_binding is not None or (ledger is None and (idx.path / LEDGER_NAME).exists()):
+    elif idx.ledger_binding is not None or (idx.path / LEDGER_NAME).exists():
         from pipeline.ledgers import index_ledger
 
         book = index_ledger(idx, ledger)  # the index's one ledger (id checked); a second one is refused

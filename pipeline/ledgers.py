@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,21 +96,25 @@ def index_ledger(
                 f"index '{index.path}' has no budget ledger; create its one ledger with "
                 f"'dprdm budget init --index {index.path}'"
             )
+        if default.exists() and not _same_file(path, default):
+            raise PrivacyRefusal(
+                f"index '{index.path}' uses the ledger {default}; {path} is another ledger; an index has exactly "
+                "one ledger and only that one is charged"
+            )
         if path.exists() and not _same_file(path, default) and not create:
             raise PrivacyRefusal(
                 f"index '{index.path}' is not bound to ledger {path}; only 'dprdm budget init --index DIR "
                 "--ledger PATH' binds an index to a ledger outside its folder"
             )
         book = Ledger(path, create=create and not read_only, read_only=read_only)
-        if not read_only and not index.mmap:
+        if create:
             try:
                 index.bind_ledger(book.ledger_id, book.location)
             except BaseException:
-                if create:
-                    book.discard()  # removes the file only if this call created it
-                else:
-                    book.close()
+                book.discard()  # removes the file only if this call created it
                 raise
+        elif not read_only:
+            _adopt(index, book)
         return book
     binding = index.ledger_binding
     path = bound
@@ -148,8 +153,8 @@ def require_own_ledger(index: PrivateIndex, ledger: Ledger) -> None:
     """
     binding = index.ledger_binding
     if binding is None:
-        if _same_file(ledger.path, index.path / LEDGER_NAME) and not index.mmap:
-            index.bind_ledger(ledger.ledger_id, ledger.location)
+        if _same_file(ledger.path, index.path / LEDGER_NAME):
+            _adopt(index, ledger)
             return
         raise PrivacyRefusal(
             f"index '{index.path}' has no bound ledger and {ledger.path} is not its own; create the index's ledger "
@@ -160,6 +165,20 @@ def require_own_ledger(index: PrivateIndex, ledger: Ledger) -> None:
             f"ledger {ledger.path} (id {ledger.ledger_id}) is not the ledger of index '{index.path}' "
             f"(id {binding['id']}); a query over an index can only charge that index's own ledger"
         )
+
+
+def _adopt(index: PrivateIndex, ledger: Ledger) -> None:
+    """Bind a legacy (unbound) index to its conventional ``DIR/budget.sqlite`` ledger, best effort.
+
+    Until the binding is written, that path is the only ledger accepted for the index; a concurrent writer holding
+    the index lock (or a read-only index) only postpones the binding to the next use.
+    """
+    from index import IndexInputError
+
+    if index.mmap:
+        return
+    with suppress(IndexInputError):  # another process holds the index's writer lock (it may be binding it now)
+        index.bind_ledger(ledger.ledger_id, ledger.location)
 
 
 def membership_hook(ledger: Ledger | None, *, joining: bool) -> Callable[[str, np.ndarray], None] | None:

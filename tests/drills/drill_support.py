@@ -38,6 +38,7 @@ def add_scope(index_dir: Path, *, queries_fit: int, k: int = 3, q: float = 1.0, 
     with Ledger(path) as ledger:
         ledger.create_scope("default", epsilon=epsilon, delta=1e-3, mechanism=mechanism, records=records)
         assert ledger.status("default").queries_remaining == queries_fit
+        PrivateIndex.open(index_dir).bind_ledger(ledger.ledger_id, ledger.location)  # as 'dprdm budget init' does
     return path
 
 
