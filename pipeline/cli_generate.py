@@ -92,6 +92,8 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
     _check_out(out)
     pipe = DPRDMPipeline.from_index_dir(index_dir, ledger=ledger_path, decoder=decoder_dir, shards=shards or None,
                                         threads=threads, decoder_options=knobs)
+    if decoder_dir is None:
+        _warn_if_far_from_bundled(pipe.encoder, prompt, query_image)
     torch_generator = None if seed is None else torch.Generator().manual_seed(seed)
     try:
         result = pipe(prompt, image=query_image, num_images=n_images, lambda_=lambda_, steps=steps,
@@ -100,6 +102,14 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
         raise _budget_refusal(pipe.retriever, err) from None
     saved = save_generation(result, out)
     return saved.to_dict() | result.to_dict()
+
+
+def _warn_if_far_from_bundled(encoder, prompt, image) -> None:
+    """One stderr line when the PUBLIC query is far from what the bundled digit models know (no private read)."""
+    from pipeline import domain
+
+    if domain.uses_bundled_encoder(encoder.sha256) and domain.query_is_far(encoder, prompt=prompt, image=image):
+        typer.echo(f"Warning: this query is far from the digits the bundled models know; {domain.HINT}", err=True)
 
 
 def _open_image(path: Path):

@@ -142,7 +142,25 @@ def build(
         before_commit=membership_hook(ledger, joining=True), before_drop=membership_hook(ledger, joining=False),
     )  # fmt: skip
     with after_commit(f"the build of shard '{shard}' committed; see 'dprdm index info --index {index}'"):
+        _warn_if_far_from_bundled(index, shard)
         emit(report.to_dict(), json_mode=json_mode, human=lambda _: _human_report(report))
+
+
+def _warn_if_far_from_bundled(index: Path, shard: str) -> None:
+    """Owner-side, build time only: one stderr line when the bundled digit models do not fit this corpus."""
+    from index import PrivateIndex
+    from pipeline import domain
+
+    idx = PrivateIndex.open(index)
+    if not domain.uses_bundled_encoder(idx.manifest["encoder"]["sha256"]) or idx.shard(shard).num_records == 0:
+        return
+    far = domain.corpus_far_fraction(idx.shard(shard).embeddings)
+    if far > domain.FAR_FRACTION:
+        typer.echo(
+            f"Warning: {far:.0%} of shard '{shard}' is far from the digits the bundled models were trained on "
+            f"(they only draw 16x16 digits); {domain.HINT}",
+            err=True,
+        )
 
 
 @app.command("add")
