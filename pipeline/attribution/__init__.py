@@ -21,6 +21,7 @@ never publish its output as if it were a private release.
 from __future__ import annotations
 
 from pipeline.attribution.cache import FeatureCache
+from pipeline.attribution.conditions import embed_conditions
 from pipeline.attribution.features import METHODS, Features, GaussianProjector, base_method, featurize
 from pipeline.attribution.kernel import Attributor, kernel_scores
 from pipeline.attribution.lds import LDSReport, LDSRow, evaluate_lds, ground_truth_losses, lds
@@ -42,6 +43,7 @@ __all__ = [
     "RecordSet",
     "attribute",
     "base_method",
+    "embed_conditions",
     "evaluate_lds",
     "featurize",
     "finetune",

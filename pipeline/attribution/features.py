@@ -165,7 +165,7 @@ def _item_loss(model: AttributionModel, method: str):
 
 
 def featurize(model: AttributionModel, records: RecordSet, *, method: str = "das", timesteps: int = 100,
-              projection_dim: int = 2048, seed: int = 0, role: str = "train", batch_size: int = 32,
+              projection_dim: int = 2048, seed: int = 0, role: str = "train", batch_size: int = 64,
               cache=None) -> Features:
     """Attribution features φ of every record under ``model``.
 

@@ -87,9 +87,14 @@ def lds(scores: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> np.ndarra
 
 def lds_subsets(n: int, *, subsets: int, alpha: float = 0.5, labels: np.ndarray | None = None,
                 seed: int = 42) -> np.ndarray:
-    """(S, N) bool masks: ``train_test_split(train_size=alpha, stratify=labels, random_state=seed + s)``."""
+    """(S, N) bool masks: ``train_test_split(train_size=alpha, stratify=labels, random_state=seed + s)``.
+
+    Stratified when labels are given and every class has at least 2 records; otherwise plain random subsets.
+    """
     from sklearn.model_selection import train_test_split
 
+    if labels is not None and np.unique(labels, return_counts=True)[1].min() < 2:
+        labels = None
     masks = np.zeros((subsets, n), dtype=bool)
     for s in range(subsets):
         chosen, _ = train_test_split(np.arange(n), train_size=alpha, stratify=labels, random_state=seed + s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -39,3 +40,17 @@ def test_attribute_rejects_mismatched_train_features(tiny):
         attribute(model, val.subset([0]), train, method="trak", train_features=feats)
     with pytest.raises(PipelineInputError, match="top"):
         attribute(model, val.subset([0]), train, method="trak", top=0)
+
+
+def test_embed_conditions_self_and_neighbours():
+    from pipeline.attribution import embed_conditions
+    from pipeline.data import load_digits_small
+
+    images = load_digits_small()[0][:12]
+    own = embed_conditions(images)
+    assert own.shape == (12, 16)
+    np.testing.assert_allclose(np.linalg.norm(own, axis=1), 1.0, rtol=1e-4)
+    mean3 = embed_conditions(images, neighbours=3)
+    assert mean3.shape == (12, 16) and np.all(np.linalg.norm(mean3, axis=1) <= 1.0 + 1e-5)
+    with pytest.raises(PipelineInputError, match="neighbours"):
+        embed_conditions(images, neighbours=12)
