@@ -115,4 +115,5 @@ class FeatureCache:
 
     def rows(self) -> int:
         """Rows held for this model, over every entry."""
-        return sum(len(self._read(p).ids) for p in self.entries() if self._read(p).model_hash == self.model_hash)
+        feats = (self._read(p) for p in self.entries())
+        return sum(len(f) for f in feats if f.model_hash == self.model_hash)

@@ -172,7 +172,7 @@ def evaluate_lds(train_set: RecordSet, queries: RecordSet | Mapping[str, RecordS
                  subsets: int = 64, seeds: int | Sequence[int] = 2, alpha: float = 0.5,
                  methods: Sequence[str] = METHODS, timesteps: Sequence[int] = (10, 100),
                  projection_dim: int = 2048, lambdas: Sequence[float] | None = None,
-                 gt_timesteps: int = 100, gt_noise_seeds: Sequence[int] = (0, 1, 2),
+                 gt_timesteps: int = 1000, gt_noise_seeds: Sequence[int] = (0, 1, 2),
                  feature_seed: int = 0, subset_seed: int = 42, cache=None,
                  progress: Callable[[str], None] | None = None) -> LDSReport:
     """LDS of each method × K × query set, by D-TRAK's protocol (module docstring).
