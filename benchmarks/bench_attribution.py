@@ -114,13 +114,47 @@ def _rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)))
 
 
+def plot_lds(doc: dict, path: Path) -> Path:
+    """Bar chart of held-out-λ LDS (best-λ as a marker) per method, K and query set, from the results JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["lds"]["rows"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    combos = [(k, q) for k in sorted({r["timesteps"] for r in rows}) for q in ("val", "gen")]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(combos)
+    for c, (k, q) in enumerate(combos):
+        cell = {r["method"]: r for r in rows if r["timesteps"] == k and r["queries"] == q}
+        xs = np.arange(len(methods)) + (c - (len(combos) - 1) / 2) * width
+        ax.bar(xs, [cell[m]["lds_heldout"] for m in methods], width, label=f"{q} K={k}")
+        ax.plot(xs, [cell[m]["lds_best"] for m in methods], "k_", markersize=8)
+    for q, v in doc["lds"]["random_lds"].items():
+        ax.axhline(v, color="grey", lw=0.8, ls=":" if q == "val" else "--")
+    ax.set_xticks(np.arange(len(methods)), methods)
+    ax.set_ylabel("LDS (bars: held-out λ; ticks: best λ)")
+    ax.set_title(f"LDS, {doc['meta']['setting']} setting: N={doc['meta']['n_train']}, "
+                 f"{doc['meta']['subsets']} subsets × {doc['meta']['seeds']} seeds (grey: random scores)")
+    ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced setting (N=200, 16 subsets x 2 seeds)")
     parser.add_argument("--work", type=Path, default=Path("~/.cache/dprdm/bench-attribution").expanduser())
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "attribution.md")
     parser.add_argument("--smoke", action="store_true", help="wiring check in seconds (numbers meaningless)")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the results JSON")
     args = parser.parse_args(argv)
+    if args.replot:
+        print(plot_lds(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".png")))
+        return 0
     torch.set_num_threads(1)
     cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
     args.work.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -218,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, vs in cf.items():
         lines.append(f"| {k} | {np.mean(vs):.4f} | {', '.join(f'{v:.4f}' for v in vs)} |")
     args.out.write_text("\n".join(lines) + "\n")
+    plot_lds(doc, args.out.with_suffix(".png"))
     say(f"wrote {args.out}")
     return 0
 
