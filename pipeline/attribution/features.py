@@ -164,14 +164,16 @@ def _item_loss(model: AttributionModel, method: str):
     return f
 
 
-def featurize(model: AttributionModel, records: RecordSet, *, method: str = "das", timesteps: int = 100,
+def featurize(model: AttributionModel, records, conditions=None, *, method: str = "das", timesteps: int = 100,
               projection_dim: int = 2048, seed: int = 0, role: str = "train", batch_size: int = 64,
               cache=None) -> Features:
     """Attribution features φ of every record under ``model``.
 
     Args:
         model: the model being attributed.
-        records: images and the conditions the model saw them with.
+        records: a :class:`RecordSet` (images, conditions, ids), or images (uint8 (N, H, W) or float in [-1, 1])
+            when ``conditions`` is given (ids are then 0..N-1).
+        conditions: (N, d) conditions the model saw the images with, when ``records`` is plain images.
         method: one of :data:`METHODS` (squared methods share their base method's features).
         timesteps: K, the number of timesteps on the uniform grid.
         projection_dim: P.
@@ -189,6 +191,10 @@ def featurize(model: AttributionModel, records: RecordSet, *, method: str = "das
         PipelineInputError: an unknown method, or bad K / P.
     """
     base = base_method(method)
+    if not isinstance(records, RecordSet):
+        if conditions is None:
+            raise PipelineInputError("pass a RecordSet, or images together with their conditions")
+        records = RecordSet.from_arrays(records, conditions, image_size=model.image_size)
     if projection_dim < 1:
         raise PipelineInputError(f"projection_dim must be >= 1; found {projection_dim}")
     grid = model.timestep_grid(timesteps)

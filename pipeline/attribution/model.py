@@ -164,6 +164,13 @@ class AttributionModel:
             out = torch.func.functional_call(self.unet, params, (x_t, t), kwargs)
         return out.sample if hasattr(out, "sample") else out
 
+    @property
+    def image_size(self) -> int | None:
+        """The UNet's ``sample_size`` when it has one (images are resized to it), else None."""
+        config = getattr(self.unet, "config", None)
+        size = getattr(config, "sample_size", None) if config is not None else None
+        return int(size) if isinstance(size, int) else None
+
     def timestep_grid(self, k: int) -> torch.Tensor:
         """D-TRAK's ``uniform`` grid: range(0, T, T // K), K timesteps."""
         if not 1 <= k <= self.num_train_timesteps:

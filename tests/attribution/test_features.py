@@ -77,3 +77,19 @@ def test_duplicated_record_ranks_itself_near_the_top(tiny, method):
     result = attribute(model, queries, train, method=method, timesteps=20, projection_dim=512, top=3)
     hits = sum(int(train.ids[p]) in [r.id for r in rows] for p, rows in zip(picks, result.top, strict=True))
     assert hits >= 3, (method, [[r.id for r in rows] for rows in result.top])
+
+
+def test_bundled_decoder_features_and_plain_image_input():
+    """The bundled 16×16 decoder (1.41 M parameters) through featurize, given plain uint8 images + conditions."""
+    from pipeline.attribution import AttributionModel
+    from pipeline.data import load_digits_small
+
+    model = AttributionModel.from_pretrained()
+    assert model.num_parameters > 1_000_000 and model.image_size == 16
+    images = load_digits_small()[0][:2]  # 8×8, resized to the decoder's 16×16
+    conditions = torch.nn.functional.normalize(torch.randn(2, 16, generator=torch.Generator().manual_seed(0)))
+    f = featurize(model, images, conditions, method="das", timesteps=2, projection_dim=8)
+    assert f.phi.shape == (2, 8) and np.isfinite(f.phi).all() and f.model_hash == model.model_hash
+    assert AttributionModel.from_pretrained().model_hash == model.model_hash
+    with pytest.raises(PipelineInputError, match="conditions"):
+        featurize(model, images, method="das")
