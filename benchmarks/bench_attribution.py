@@ -1,0 +1,261 @@
+"""LDS of TRAK, D-TRAK and DAS (+ squared variants) on a 16×16 conditional UNet, and a counterfactual check.
+
+Setting (``shared/notes/seeds-anchors.md`` §C.2 protocol, §C.4 "what to try next" (i)):
+
+* data: the bundled PRIVATE half of MNIST-5k (``pipeline.data``), resized to 16×16; N training records and
+  validation queries drawn stratified from it; the condition of a record is its unit tiny-CLIP embedding;
+* model: the decoder's UNet architecture (``build_unet``) at quarter width, (16, 32, 32) channels, 0.36 M
+  parameters (the bundled 1.41 M-parameter decoder costs ~46 ms per per-sample gradient on one thread against
+  ~5.5 ms, too slow for 192 retrains here); a public backbone trained once on the PUBLIC half, then fine-tuned on
+  the N records (the "full model") and on every LDS subset with the same recipe;
+* queries: ``val`` (held-out private digits) and ``gen`` (DDIM samples of the full model, w = 2, conditioned on
+  the validation embeddings);
+* LDS: S α = 0.5 subsets × seeds, ground truth = loss over a uniform t grid × fixed noise seeds (a noise stream
+  separate from the features'), Spearman per query, mean; best-λ and held-out-λ (even subsets pick, odd score);
+* counterfactual: for a few generations, retrain without the top-10 records of each method (held-out λ, K = 100)
+  and without 10 random records, regenerate with the same noise, and report the RMS pixel change (0–1 scale); the
+  floor is the change from retraining the full set with another seed.
+
+Privacy: this is an owner's evaluation over records the owner holds; nothing here goes through a DP query.
+
+Run: ``nice -n 10 python benchmarks/bench_attribution.py --quick`` (about 30-60 min on 2 shared cores), or without
+``--quick`` for the full setting (N = 500, 64 subsets × 2 seeds: hours).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import index._torchvision_compat  # noqa: E402,F401
+from pipeline.attribution import (  # noqa: E402
+    METHODS,
+    AttributionModel,
+    FeatureCache,
+    RecordSet,
+    attribute,
+    evaluate_lds,
+    featurize,
+    finetune,
+    make_retrain,
+)
+from pipeline.attribution.retrain import ddpm_scheduler, small_unet  # noqa: E402
+
+QUICK = {"n_train": 200, "n_val": 16, "n_gen": 16, "backbone_steps": 600, "steps": 150, "batch_size": 32,
+         "lr": 5e-4, "subsets": 16, "seeds": 2, "projection_dim": 1024, "gt_timesteps": 50,
+         "gt_noise_seeds": [0, 1], "n_counterfactual": 2}
+FULL = {"n_train": 500, "n_val": 64, "n_gen": 64, "backbone_steps": 1500, "steps": 300, "batch_size": 32,
+        "lr": 5e-4, "subsets": 64, "seeds": 2, "projection_dim": 2048, "gt_timesteps": 100,
+        "gt_noise_seeds": [0, 1, 2], "n_counterfactual": 8}
+SMOKE = {"n_train": 20, "n_val": 4, "n_gen": 4, "backbone_steps": 20, "steps": 10, "batch_size": 8, "lr": 5e-4,
+         "subsets": 4, "seeds": 1, "projection_dim": 64, "gt_timesteps": 5, "gt_noise_seeds": [0],
+         "n_counterfactual": 1}  # a wiring check (seconds), not a measurement
+IMAGE_SIZE = 16
+
+
+def _embed(images: np.ndarray) -> np.ndarray:
+    import open_clip
+
+    from pipeline.train.encoder import default_encoder_dir, encode_image_array
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{default_encoder_dir()}")
+    with torch.no_grad():
+        return encode_image_array(model, images, preprocess)
+
+
+def _stratified(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    classes = np.unique(labels)
+    per = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    picked = [p[: n // len(classes) + (1 if i < n % len(classes) else 0)] for i, p in enumerate(per)]
+    return np.sort(np.concatenate(picked))
+
+
+def _generate(model: AttributionModel, conditions: torch.Tensor, seed: int) -> np.ndarray:
+    from pipeline.decoders.tiny import TinyDecoder
+
+    decoder = TinyDecoder(model.unet, model.scheduler)
+    images = decoder.generate(conditions, steps=25, guidance_scale=2.0,
+                              generator=torch.Generator().manual_seed(seed))
+    return np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+
+
+def _backbone(work: Path, public: RecordSet, cfg: dict) -> AttributionModel:
+    key = hashlib.sha256(json.dumps({"steps": cfg["backbone_steps"], "n": len(public), "v": 1}).encode()).hexdigest()
+    path = work / f"backbone-{key[:12]}.pt"
+    torch.manual_seed(0)
+    init = AttributionModel(small_unet(public.conditions.shape[1], image_size=IMAGE_SIZE), ddpm_scheduler(),
+                            name="small-unet")
+    if path.exists():
+        init.unet.load_state_dict(torch.load(path, weights_only=True))
+        return AttributionModel(init.unet, init.scheduler, name="small-unet")
+    model = finetune(init, public, steps=cfg["backbone_steps"], batch_size=64, lr=1e-3, seed=0)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.unet.state_dict(), tmp)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return model
+
+
+def _rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)))
+
+
+def plot_lds(doc: dict, path: Path) -> Path:
+    """Bar chart of held-out-λ LDS (best-λ as a marker) per method, K and query set, from the results JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["lds"]["rows"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    combos = [(k, q) for k in sorted({r["timesteps"] for r in rows}) for q in ("val", "gen")]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(combos)
+    for c, (k, q) in enumerate(combos):
+        cell = {r["method"]: r for r in rows if r["timesteps"] == k and r["queries"] == q}
+        xs = np.arange(len(methods)) + (c - (len(combos) - 1) / 2) * width
+        ax.bar(xs, [cell[m]["lds_heldout"] for m in methods], width, label=f"{q} K={k}")
+        ax.plot(xs, [cell[m]["lds_best"] for m in methods], "k_", markersize=8)
+    for q, v in doc["lds"]["random_lds"].items():
+        ax.axhline(v, color="grey", lw=0.8, ls=":" if q == "val" else "--")
+    ax.set_xticks(np.arange(len(methods)), methods)
+    ax.set_ylabel("LDS (bars: held-out λ; ticks: best λ)")
+    ax.set_title(f"LDS, {doc['meta']['setting']} setting: N={doc['meta']['n_train']}, "
+                 f"{doc['meta']['subsets']} subsets × {doc['meta']['seeds']} seeds (grey: random scores)")
+    ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced setting (N=200, 16 subsets x 2 seeds)")
+    parser.add_argument("--work", type=Path, default=Path("~/.cache/dprdm/bench-attribution").expanduser())
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "attribution.md")
+    parser.add_argument("--smoke", action="store_true", help="wiring check in seconds (numbers meaningless)")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the results JSON")
+    args = parser.parse_args(argv)
+    if args.replot:
+        print(plot_lds(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".png")))
+        return 0
+    torch.set_num_threads(1)
+    cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
+    args.work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
+
+    # 1. data: private digits (train + val) and the public half (backbone), conditions = tiny-CLIP embeddings
+    from pipeline.data import load_mnist_split
+
+    split = load_mnist_split()
+    rng = np.random.default_rng(0)
+    train_rows = _stratified(split.private_labels, cfg["n_train"], rng)
+    rest = np.setdiff1d(np.arange(len(split.private_labels)), train_rows)
+    val_rows = rest[_stratified(split.private_labels[rest], cfg["n_val"], rng)]
+    rng.shuffle(val_rows)  # generations use the first n_gen validation conditions: mix the classes
+    chosen = np.concatenate([train_rows, val_rows])
+    emb_private = _embed(split.private_images[chosen])
+    emb_public = _embed(split.public_images)
+    train = RecordSet.from_arrays(split.private_images[train_rows], emb_private[: cfg["n_train"]],
+                                  ids=split.private_rows[train_rows],
+                                  sources=[f"mnist-private/{int(r):04d}" for r in split.private_rows[train_rows]],
+                                  labels=split.private_labels[train_rows], image_size=IMAGE_SIZE)
+    val = RecordSet.from_arrays(split.private_images[val_rows], emb_private[cfg["n_train"]:],
+                                ids=split.private_rows[val_rows], labels=split.private_labels[val_rows],
+                                image_size=IMAGE_SIZE)
+    public = RecordSet.from_arrays(split.public_images, emb_public, image_size=IMAGE_SIZE)
+    say(f"data: N={len(train)} val={len(val)} public={len(public)}")
+
+    # 2. backbone (public), full model (private N), generated queries
+    backbone = _backbone(args.work, public, cfg)
+    say("backbone ready")
+    recipe = {"steps": cfg["steps"], "batch_size": cfg["batch_size"], "lr": cfg["lr"]}
+    t_full = time.perf_counter()
+    full = finetune(backbone, train, seed=0, **recipe)
+    retrain_seconds = time.perf_counter() - t_full
+    gen_conds = val.conditions[: cfg["n_gen"]]
+    gen_images = _generate(full, gen_conds, seed=1234)
+    gen = RecordSet.from_arrays(gen_images, gen_conds, ids=np.arange(len(gen_images)) + 10**6)
+    say(f"full model trained in {retrain_seconds:.1f}s; {len(gen)} generations")
+
+    # 3. LDS
+    cache = FeatureCache(args.work / "features", full.model_hash)
+    report = evaluate_lds(train, {"val": val, "gen": gen}, model=full, retrain=make_retrain(backbone, **recipe),
+                          subsets=cfg["subsets"], seeds=cfg["seeds"], methods=METHODS, timesteps=(10, 100),
+                          projection_dim=cfg["projection_dim"], gt_timesteps=cfg["gt_timesteps"],
+                          gt_noise_seeds=cfg["gt_noise_seeds"], cache=cache, progress=say)
+    say("LDS done")
+    print(report.to_markdown(), flush=True)
+
+    # 4. counterfactual: remove the top-10 of each method vs 10 random records, regenerate with the same noise
+    floor_model = finetune(backbone, train, seed=1, **recipe)
+    cf: dict[str, list[float]] = {m: [] for m in (*METHODS, "random", "seed floor")}
+    cf_rng = np.random.default_rng(7)
+    for g in range(cfg["n_counterfactual"]):
+        query = gen.subset([g])
+        cond = gen_conds[g:g + 1]
+        original = gen_images[g:g + 1]
+        cf["seed floor"].append(_rms(_generate(floor_model, cond, seed=1234), original))
+        removals = {"random": cf_rng.choice(len(train), 10, replace=False)}
+        for m in METHODS:
+            feats = featurize(full, train, method=m, timesteps=100, projection_dim=cfg["projection_dim"],
+                              cache=cache)
+            lam = report.get(m, 100, "gen").lambda_heldout
+            res = attribute(full, query, train, method=m, lambda_=lam, top=10, train_features=feats)
+            removals[m] = np.array([r.position for r in res.top[0]])
+        for name, pos in removals.items():
+            keep = np.setdiff1d(np.arange(len(train)), pos)
+            model = finetune(backbone, train.subset(keep), seed=0, **recipe)
+            cf[name].append(_rms(_generate(model, cond, seed=1234), original))
+        say(f"counterfactual {g + 1}/{cfg['n_counterfactual']}")
+
+    # 5. write the results
+    meta = {"setting": "smoke" if args.smoke else "quick" if args.quick else "full", **cfg, "image_size": IMAGE_SIZE,
+            "parameters": full.num_parameters, "retrain_seconds_each": round(retrain_seconds, 1),
+            "total_minutes": round((time.perf_counter() - t0) / 60, 1), "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), 1 torch thread, nice 10"}
+    doc = {"meta": meta, "lds": report.to_dict(),
+           "counterfactual_rms": {k: [round(v, 4) for v in vs] for k, vs in cf.items()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    lines = [f"# Attribution benchmark ({meta['setting']})", "",
+             "Generated by `benchmarks/bench_attribution.py" + (" --quick" if args.quick else "") + "`.", "",
+             "```", json.dumps(meta, indent=1), "```", "",
+             "## LDS (best-λ / held-out-λ)", "", report.to_markdown(), "",
+             "## Time", "", "| method | K | s per training record | s per query |", "|---|---|---|---|"]
+    for r in report.rows:
+        if r.queries == "val" and not r.method.endswith("-squared"):
+            lines.append(f"| {r.method} | {r.timesteps} | {r.seconds_per_record:.3f} | {r.seconds_per_query:.3f} |")
+    lines += ["", f"Retraining: {report.retrain_seconds / 60:.1f} min for {cfg['subsets']} × {cfg['seeds']} models "
+              "(incl. ground-truth losses).", "",
+              "## Counterfactual (RMS pixel change of the regenerated image, 0–1 scale; mean over generations)", "",
+              "| removed | mean | per generation |", "|---|---|---|"]
+    for k, vs in cf.items():
+        lines.append(f"| {k} | {np.mean(vs):.4f} | {', '.join(f'{v:.4f}' for v in vs)} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    plot_lds(doc, args.out.with_suffix(".png"))
+    say(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
