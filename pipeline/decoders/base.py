@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import index._torchvision_compat  # noqa: F401  (before any diffusers/open_clip import: they import torchvision)
 from pipeline.errors import PipelineInputError
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
