@@ -1,7 +1,8 @@
 """Start-up time of the light commands: ``dprdm --version``, ``budget show`` and ``index info`` (wall time).
 
 Each command runs in a fresh interpreter (``python -c 'from pipeline.cli import main; main()' ARGS``, the same
-code path as the console script), 5 times after one warm-up run; the median is reported. ``budget show`` reads
+code path as the console script), 5 times after one warm-up run; the medians of the wall time and of the child's
+CPU time (user + system, steadier on a shared machine) are reported. ``budget show`` reads
 a small ledger and ``index info`` a 12-image index (bundled tiny encoder), both created once in a temporary
 folder. Goal: < 0.5 s (issue 15); the figure is dominated by what the command imports (torch, diffusers, faiss and
 open_clip must not be among them). For reference it also times bare imports in a fresh interpreter: ``pass``
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,28 +28,31 @@ from pathlib import Path
 ENTRY = "from pipeline.cli import main; main()"
 
 
-def _time(args: list[str], env: dict[str, str], repeat: int) -> float:
-    """Median wall seconds of ``dprdm ARGS`` over ``repeat`` runs (one warm-up run first)."""
-    command = [sys.executable, "-c", ENTRY, *args]
+def _run_timed(command: list[str], env: dict[str, str], repeat: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of ``command`` over ``repeat`` runs after one warm-up run.
+
+    CPU = the child's user + system time: on a shared machine it moves far less than the wall time.
+    """
     subprocess.run(command, env=env, capture_output=True, check=True)
-    times = []
+    walls, cpus = [], []
     for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(command, env=env, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
 
 
-def _time_import(code: str, env: dict[str, str], repeat: int) -> float:
-    """Median wall seconds of ``python -c CODE`` in a fresh interpreter (one warm-up run first)."""
-    command = [sys.executable, "-c", code]
-    subprocess.run(command, env=env, capture_output=True, check=True)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(command, env=env, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _time(args: list[str], env: dict[str, str], repeat: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of ``dprdm ARGS``."""
+    return _run_timed([sys.executable, "-c", ENTRY, *args], env, repeat)
+
+
+def _time_import(code: str, env: dict[str, str], repeat: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of ``python -c CODE`` in a fresh interpreter."""
+    return _run_timed([sys.executable, "-c", code], env, repeat)
 
 
 def _tiny_index(folder: Path, env: dict[str, str]) -> Path:
@@ -86,10 +91,11 @@ def main() -> None:
             "import faiss": _time_import("import faiss", env, options.repeat),
         }
     if options.json:
-        print(json.dumps({name: round(seconds, 3) for name, seconds in figures.items()}, indent=2))
+        print(json.dumps({name: {"wall_s": round(w, 3), "cpu_s": round(c, 3)} for name, (w, c) in figures.items()},
+                         indent=2))  # fmt: skip
     else:
-        for name, seconds in figures.items():
-            print(f"{name:<22} {seconds:.3f} s (median of {options.repeat})")
+        for name, (wall, cpu) in figures.items():
+            print(f"{name:<22} {wall:.3f} s wall, {cpu:.3f} s CPU (median of {options.repeat})")
 
 
 if __name__ == "__main__":
