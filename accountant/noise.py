@@ -24,11 +24,18 @@ __all__ = ["gaussian_measurement", "opendp_noise_multiplier"]
 
 
 @lru_cache(maxsize=1)
-def _prelude() -> Any:
-    import opendp.prelude as dp  # imported lazily: opendp loads a native library
+def _opendp() -> tuple[Any, Any, Any]:
+    """OpenDP's ``domains``, ``metrics`` and ``measurements`` modules, with the ``contrib`` feature enabled.
 
-    dp.enable_features("contrib")  # make_gaussian is a contrib constructor (proof-reviewed, see module doc)
-    return dp
+    Imported lazily (opendp loads a native library) and from the modules themselves rather than ``opendp.prelude``:
+    the prelude also imports ``opendp.extras`` (scikit-learn, pandas, polars), about 3 s of start-up for names this
+    module does not use. ``opendp.prelude``'s ``dp.m``, ``dp.vector_domain``, ... are these same functions.
+    """
+    from opendp import domains, measurements, metrics
+    from opendp.mod import enable_features
+
+    enable_features("contrib")  # make_gaussian is a contrib constructor (proof-reviewed, see module doc)
+    return domains, metrics, measurements
 
 
 @lru_cache(maxsize=64)
@@ -45,9 +52,10 @@ def gaussian_measurement(sigma: float) -> Any:
     Returns:
         The ``opendp`` Measurement.
     """
-    dp = _prelude()
-    return dp.m.make_gaussian(
-        dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l2_distance(T=float), scale=float(sigma)
+    domains, metrics, measurements = _opendp()
+    return measurements.make_gaussian(
+        domains.vector_domain(domains.atom_domain(T=float, nan=False)), metrics.l2_distance(T=float),
+        scale=float(sigma),
     )
 
 

@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import index  # noqa: E402,F401,I001  (torchvision shim before diffusers/open_clip)
+import index._torchvision_compat  # noqa: E402,F401,I001  (torchvision shim before diffusers/open_clip)
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402

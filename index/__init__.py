@@ -8,12 +8,17 @@ Public API (everything else is private)::
     Shard.restrict / .score / .ids_at / .rows   (the only primitives the DP mechanism uses)
     MemoryShard(embeddings, ids=None, *, quantizer=None, nprobe=1)   (same primitives over arrays)
     load_encoder(model=None, pretrained=None, *, num_threads=None) -> Encoder
+
+Names are imported on first use (PEP 562), so ``import index`` and ``import index.fs`` load neither torch nor faiss
+(``dprdm index info``, the pipeline's file helpers). The torchvision shim (:mod:`index._torchvision_compat`) runs
+where open_clip and diffusers are imported (:mod:`index.encoder`, :mod:`pipeline.decoders`, :mod:`pipeline.train`).
 """
 
-import index._torchvision_compat  # noqa: F401,I001  (must run before anything imports open_clip/torchvision)
+from __future__ import annotations
 
-from index.build import BuildReport, build_index
-from index.encoder import DEFAULT_MODEL_DIR, Encoder, load_encoder
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from index.errors import (
     IndexCorruptError,
     IndexInputError,
@@ -23,12 +28,16 @@ from index.errors import (
     UnsafeIndexError,
 )
 from index.fs import expand_user
-from index.private_index import PrivateIndex
-from index.removal import RemoveReport
-from index.rows import MemoryShard
-from index.safety import IndexKind, is_dp_safe, resolve_index_type
-from index.shard import Shard
-from index.sources import content_id
+
+if TYPE_CHECKING:
+    from index.build import BuildReport, build_index
+    from index.encoder import DEFAULT_MODEL_DIR, Encoder, load_encoder
+    from index.private_index import PrivateIndex
+    from index.removal import RemoveReport
+    from index.rows import MemoryShard
+    from index.safety import IndexKind, is_dp_safe, resolve_index_type
+    from index.shard import Shard
+    from index.sources import content_id
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -52,3 +61,32 @@ __all__ = [
     "load_encoder",
     "resolve_index_type",
 ]
+
+_LAZY = {
+    "BuildReport": "index.build",
+    "build_index": "index.build",
+    "DEFAULT_MODEL_DIR": "index.encoder",
+    "Encoder": "index.encoder",
+    "load_encoder": "index.encoder",
+    "PrivateIndex": "index.private_index",
+    "RemoveReport": "index.removal",
+    "MemoryShard": "index.rows",
+    "IndexKind": "index.safety",
+    "is_dp_safe": "index.safety",
+    "resolve_index_type": "index.safety",
+    "Shard": "index.shard",
+    "content_id": "index.sources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'index' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -5,7 +5,9 @@ PyPI's torchvision 0.28.0 is a CUDA build: its ``_C.so`` cannot load beside the 
 defined, so the import fails with "operator torchvision::nms does not exist". Defining the two op schemas first
 lets the import finish; transforms and PIL helpers work, ``torchvision.ops`` kernels do not (dprdm uses none).
 
-This module is imported first by ``index/__init__.py`` (and so by ``pipeline``) and by ``tests/conftest.py``.
+It is imported (it loads torch, so not by ``import index``) where open_clip or diffusers can be imported next:
+:mod:`index.encoder` (before open_clip), :mod:`pipeline.decoders.base` (every decoder), :mod:`pipeline.train`,
+the demo, and ``tests/conftest.py``.
 See ``shared/notes/feasibility.md`` (torchvision shim).
 """
 

@@ -20,9 +20,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 
 from index import fs, resume, store
@@ -30,6 +29,9 @@ from index.encoder import Encoder
 from index.errors import IndexCorruptError, IndexInputError, LedgerBindingError
 from index.safety import IndexKind
 from index.shard import Shard, ShardContent, write_shard
+
+if TYPE_CHECKING:
+    import faiss
 
 BeforeCommit = Callable[[str, np.ndarray], None]
 

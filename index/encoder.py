@@ -13,14 +13,16 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from PIL import Image
 
 from index.errors import IndexInputError
 from index.fs import expand_user
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "tiny-clip"
 BUNDLED_MODEL_ID = "bundled:tiny-clip"
@@ -63,6 +65,8 @@ def torch_threads(num_threads: int | None) -> Iterator[None]:
         return
     if num_threads < 1:
         raise IndexInputError(f"--threads must be >= 1, found {num_threads}; pass a positive thread count")
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     try:
@@ -112,6 +116,8 @@ class Encoder:
         self.sha256 = sha256
         self.spec = spec
         self.num_threads = num_threads
+        import torch
+
         with torch.inference_mode(), torch_threads(num_threads):
             probe = self.model.encode_text(self.tokenizer(["probe"]))
         self.dim = int(probe.shape[-1])
@@ -121,17 +127,23 @@ class Encoder:
 
     @staticmethod
     def _unit_rows(features: torch.Tensor) -> np.ndarray:
+        import torch
+
         rows = features.detach().to(torch.float32).cpu().numpy()
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         return np.ascontiguousarray(rows / np.maximum(norms, 1e-12), dtype=np.float32)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Encode a preprocessed batch ``(n, 3, H, W)`` into ``(n, dim)`` unit float32 rows."""
+        import torch
+
         with torch.inference_mode(), torch_threads(self.num_threads):
             return self._unit_rows(self.model.encode_image(pixels))
 
     def encode_images(self, images: Sequence[Image.Image], *, batch_size: int = 64) -> np.ndarray:
         """Encode PIL images (any mode; converted to RGB) into ``(n, dim)`` unit float32 rows."""
+        import torch
+
         out = [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(images), batch_size):
             batch = [self.preprocess(im.convert("RGB")) for im in images[start : start + batch_size]]
@@ -140,6 +152,8 @@ class Encoder:
 
     def encode_text(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
         """Encode text prompts into ``(n, dim)`` unit float32 rows (the same space as the images)."""
+        import torch
+
         out = [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[start : start + batch_size]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ def expand_user(path: str | os.PathLike[str]) -> Path:
     try:
         return Path(path).expanduser()
     except RuntimeError as err:  # pathlib raises RuntimeError for '~nosuchuser' and for an unknown home
-        raise IndexInputError(f"cannot expand '{path}': no such user; give an absolute path") from err
+        raise IndexInputError(
+            f"cannot expand '{path}': no such user's home directory; give an absolute path"
+        ) from err
 
 
 def fsync_dir(path: Path) -> None:
@@ -51,13 +54,17 @@ def make_private_dir(path: str | os.PathLike[str]) -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Replace ``path`` with ``data`` atomically: temp file + fsync + ``os.replace`` + directory fsync."""
+    """Replace ``path`` with ``data`` atomically: temp file + fsync + ``os.replace`` + directory fsync.
+
+    The temp file (``mkstemp`` in the target's folder, so concurrent writers never share one) gets permission bits
+    ``mode`` before any byte is written, and is removed on any failure (Ctrl-C included).
+    """
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(name)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -14,11 +14,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import islice
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from index.encoder import Encoder
@@ -26,6 +25,9 @@ from index.resume import Checkpoints
 from index.shard import Shard, ShardContent
 from index.sources import Decoded, Skipped
 from index.store import MetadataRow, utc_now
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -40,7 +42,7 @@ class _State:
     reused: int = 0
 
 
-class _ToEncode(IterableDataset):
+class _ToEncode:
     """Streams decoded records, handling skips/duplicates/reuse in-line, yielding only rows that need encoding."""
 
     def __init__(
@@ -69,8 +71,16 @@ class _ToEncode(IterableDataset):
                     yield rec.id, self.preprocess(rec.image)
 
 
-def _collate(batch: list[tuple[int, torch.Tensor]]) -> tuple[np.ndarray, torch.Tensor]:
-    return np.array([i for i, _ in batch], dtype=np.int64), torch.stack([t for _, t in batch])
+def _batches(
+    items: Iterable[tuple[int, torch.Tensor]], batch_size: int
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """``(ids, stacked pixels)`` of each run of ``batch_size`` items, the last one possibly shorter (in-process,
+    as a single-process ``DataLoader`` with ``drop_last=False`` batches an iterable)."""
+    import torch
+
+    stream = iter(items)
+    while batch := list(islice(stream, batch_size)):
+        yield np.array([i for i, _ in batch], dtype=np.int64), torch.stack([t for _, t in batch])
 
 
 def ingest(
@@ -108,9 +118,7 @@ def ingest(
             base_skipped = list(existing.manifest.get("skipped", []))
     state = _State(known=known, other_shards=other_shard_ids, seen={r.id for r in base_rows})
     state.aliases.extend(base_aliases)
-    loader = DataLoader(
-        _ToEncode(records, encoder.preprocess, state), batch_size=batch_size, collate_fn=_collate
-    )
+    loader = _batches(_ToEncode(records, encoder.preprocess, state), batch_size)
     encoded, encoder_seconds = 0, 0.0
     with tqdm(desc=f"encoding shard '{shard}'", unit="img", file=sys.stderr, disable=not progress) as bar:
         for ids, pixels in loader:

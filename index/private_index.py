@@ -136,6 +136,19 @@ class PrivateIndex:
         ledger binding and last operation (the ``--json`` shape; human output should print only the counts)."""
         return protocol.describe(self._view)
 
+    def verify(self) -> PrivateIndex:
+        """Check every shard file against its manifest checksum without loading faiss (see :meth:`Shard.verify_files`).
+
+        ``PrivateIndex.open(dir).verify().info()`` finds the damage ``open(dir, mmap=True)`` finds by checksum,
+        without importing faiss or mapping the files (what ``dprdm index info`` needs).
+
+        Raises:
+            IndexCorruptError: a shard file is unreadable or fails its checksum.
+        """
+        for shard in self._shards.values():
+            shard.verify_files()
+        return self
+
     def records(self, shard: str | None = None) -> Iterator[tuple[str, int, str]]:
         """Every stored ``(shard, id, source)``, stored copies first then duplicate sources (the owner's listing).
 

@@ -12,12 +12,15 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
 from index.errors import IndexInputError
 from index.fs import expand_user
+
+if TYPE_CHECKING:
+    import faiss
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ def train_public_quantizer(path: str | Path, dim: int, *, nlist: int | None = No
     Raises:
         IndexInputError: unreadable file, wrong shape or dimension, non-finite values, too few rows.
     """
+    import faiss
+
     file = expand_user(path)
     try:
         raw = file.read_bytes()

@@ -16,10 +16,14 @@ benchmarks).
 
 from __future__ import annotations
 
-import faiss
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from index.errors import IndexInputError
+
+if TYPE_CHECKING:
+    import faiss
 
 __all__ = ["MemoryShard", "RowSet", "bad_rows"]
 
@@ -83,6 +87,8 @@ class RowSet:
 
     def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Exact inner products ``<rows[p], query>`` for ``positions`` (float32), without copying the rows."""
+        import faiss
+
         pos, vector = self._positions(positions), self._query(query)
         scores = np.empty(pos.size, dtype=np.float32)
         if pos.size:

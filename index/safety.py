@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import enum
 import re
-
-import faiss
+from typing import TYPE_CHECKING
 
 from index.errors import IndexInputError, UnsafeIndexError
+
+if TYPE_CHECKING:
+    import faiss
 
 SENSITIVITY_NOTE = (
     "the DP noise is calibrated to sensitivity 2/k, which holds only when each record's score depends on the "
@@ -99,6 +101,8 @@ def check_faiss_index(index: faiss.Index, kind: IndexKind, *, where: str) -> Non
     Raises:
         UnsafeIndexError: the file holds another index structure (e.g. HNSW or PQ swapped in).
     """
+    import faiss
+
     outer = faiss.downcast_index(index)
     if kind is IndexKind.FLAT:
         inner = faiss.downcast_index(outer.index) if isinstance(outer, faiss.IndexIDMap2) else None

@@ -21,15 +21,17 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 
 from index import fs, store
 from index.errors import IndexCorruptError, StaleShardError
 from index.rows import RowSet, bad_rows
 from index.safety import IndexKind, check_faiss_index
+
+if TYPE_CHECKING:
+    import faiss
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ def make_faiss_index(
     kind: IndexKind, ids: np.ndarray, embeddings: np.ndarray, template: faiss.Index | None
 ) -> faiss.Index:
     """A fresh index over ``embeddings`` with faiss ids ``ids``: IDMap2(FlatIP), or a clone of the public IVF."""
+    import faiss
+
     if kind is IndexKind.FLAT:
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(embeddings.shape[1]))
     else:
@@ -213,7 +217,24 @@ class Shard:
         self._rows()
         return self
 
+    def verify_files(self) -> Shard:
+        """Check every file of this shard against the sha256 in its manifest, parsing none (no faiss import).
+
+        For read-only listings (``dprdm index info``): damage is found as by :meth:`load`, whose checksums are then
+        not computed again on this view; a query still calls :meth:`load`, which also parses and type-checks the
+        faiss index, before any charge.
+
+        Raises:
+            IndexCorruptError: a file is unreadable or fails its checksum.
+            StaleShardError: the generation was replaced after this view was opened.
+        """
+        for name in FILES:
+            self._verified_path(name)
+        return self
+
     def _rows(self) -> RowSet:
+        import faiss
+
         if self._rowset is None:
             index, ids, embeddings = self.faiss_index, self._load_ids(), self.embeddings
             quantizer = faiss.extract_index_ivf(index).quantizer if self.kind is IndexKind.IVF_FLAT else None
@@ -302,6 +323,8 @@ class Shard:
     @property
     def faiss_index(self) -> faiss.Index:
         """The CPU faiss index (``IndexIDMap2(IndexFlatIP)`` by default); read-only when opened with mmap."""
+        import faiss
+
         if self._index is None:
             if not self.path.is_dir():
                 raise self._stale(FileNotFoundError("index.faiss"))

@@ -33,13 +33,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 
 from index.errors import IndexCorruptError, IndexInputError
 from index.fs import FILE_MODE, make_private_dir
+
+if TYPE_CHECKING:
+    import faiss
 
 FORMAT_VERSION = 2  # 2: shard manifests record a sha256 per data file
 MANIFEST = "manifest.json"
@@ -101,6 +103,8 @@ def file_sha256(path: Path) -> str:
 
 def write_faiss(index: faiss.Index, path: Path) -> None:
     """Write a faiss index as a 0600 file and fsync it."""
+    import faiss
+
     faiss.write_index(index, str(path))
     os.chmod(path, FILE_MODE)
     with open(path, "rb") as handle:
@@ -109,6 +113,8 @@ def write_faiss(index: faiss.Index, path: Path) -> None:
 
 def read_faiss(path: Path, *, mmap: bool, flat: bool) -> faiss.Index:
     """Read a faiss index; ``mmap`` maps it read-only (``IO_FLAG_MMAP_IFC`` for flat, ``IO_FLAG_MMAP`` for IVF)."""
+    import faiss
+
     flags = (faiss.IO_FLAG_MMAP_IFC if flat else faiss.IO_FLAG_MMAP) if mmap else 0
     try:
         return faiss.read_index(str(path), flags)

@@ -11,8 +11,8 @@ errors. The mechanism's pure functions live in :mod:`pipeline.mechanism`, decode
 the audit in :mod:`pipeline.audit`.
 
 The names are imported on first use (PEP 562), so ``import pipeline.cli`` (``dprdm --help``, ``budget show``)
-does not load torch, faiss or diffusers; the first heavy name imports :mod:`index` first, whose torchvision shim
-must run before diffusers / open_clip are imported.
+does not load torch, faiss or diffusers. The torchvision shim (:mod:`index._torchvision_compat`) runs where
+diffusers and open_clip are imported (:mod:`pipeline.decoders.base`, :mod:`index.encoder`), not here.
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
-    importlib.import_module("index")  # first: its torchvision shim must run before diffusers / open_clip
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

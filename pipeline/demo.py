@@ -47,7 +47,7 @@ def main() -> None:
     """Run the demo end to end (≈ 1–3 minutes on one CPU thread)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    import index  # noqa: F401,I001  (first: its torchvision shim must run before diffusers is imported)
+    import index._torchvision_compat  # noqa: F401,I001  (first: must run before diffusers imports torchvision)
     import torch
     from diffusers.utils import logging as diffusers_logging
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import index._torchvision_compat  # noqa: F401  (before any diffusers/open_clip import: they import torchvision)
+from index.fs import expand_user
 from pipeline.errors import PipelineInputError
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
@@ -147,7 +149,7 @@ def as_array(value, what: str) -> torch.Tensor:
         PipelineInputError: an unreadable file or a value that is not numeric.
     """
     if isinstance(value, str | os.PathLike):
-        path = Path(value).expanduser()
+        path = expand_user(value)
         try:
             value = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from index.fs import expand_user
 from pipeline.decoders._diffusers import DiffusersDecoder, load_pipeline
 from pipeline.decoders.base import EmbeddingScaling, as_array, mean_embedding_norm
 from pipeline.errors import PipelineInputError
@@ -37,7 +38,7 @@ def prior_embedding_norm(prior_dir: str | Path) -> float:
     """
     from safetensors import safe_open
 
-    folder = Path(prior_dir).expanduser()
+    folder = expand_user(prior_dir)
     candidates = [folder / "prior", folder]
     files = [p for c in candidates for p in sorted(c.glob("diffusion_pytorch_model*.safetensors"))]
     for path in files:

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from index.fs import expand_user
 from pipeline.errors import PipelineInputError
 
 _SUPPORTED = (
@@ -124,7 +125,7 @@ def describe_decoder(path: str | os.PathLike | None, *, expect: DecoderFamily | 
         PipelineInputError: a missing folder, an unknown layout (one line naming what was found and what is
             supported), inconsistent configs, or a family other than ``expect``.
     """
-    folder = _BUNDLED_DIR if path is None else Path(path).expanduser().resolve()
+    folder = _BUNDLED_DIR if path is None else expand_user(path).resolve()
     if not folder.is_dir():
         raise PipelineInputError(f"decoder folder {folder} does not exist or is not a folder; {_SUPPORTED}")
     if (folder / "model_index.json").is_file():

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import index._torchvision_compat  # noqa: F401  (before any diffusers/open_clip import: they import torchvision)
 from pipeline.data import DigitSplit, load_mnist_split
 from pipeline.train._io import seeded_torch, write_json_atomic
 

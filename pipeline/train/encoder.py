@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import index._torchvision_compat  # noqa: F401  (before any diffusers/open_clip import: they import torchvision)
 from pipeline.data import CAPTION_TEMPLATES, DIGIT_WORDS, DigitSplit, captions_for, load_mnist_split, to_pil
 from pipeline.train._io import save_safetensors_atomic, seeded_torch, write_json_atomic
 

@@ -1,6 +1,7 @@
 """Imported once by the drill fork server so that forked children start warm (no torch/diffusers import)."""
 
-import index  # noqa: F401,I001  (first: its torchvision shim makes open_clip/diffusers importable)
+import index._torchvision_compat  # noqa: F401,I001  (first: the shim makes open_clip/diffusers importable)
+import index  # noqa: F401
 import accountant  # noqa: F401
 import open_clip  # noqa: F401
 import torch

@@ -1,4 +1,4 @@
-"""Shard file checksums (same-size damage is refused, on plain and mmap opens) and '~user' path expansion."""
+"""Shard file checksums (same-size damage is refused on plain and mmap opens and by verify) and '~user' expansion."""
 
 from __future__ import annotations
 
@@ -61,6 +61,14 @@ def test_same_size_damage_is_refused_when_the_file_is_loaded(built: Path, name: 
     assert before.num_records == len(before.ids)
 
 
+@pytest.mark.parametrize("name", [*DATA_FILES, "metadata.sqlite"])
+def test_verify_finds_same_size_damage_without_loading(built: Path, name: str) -> None:
+    assert PrivateIndex.open(built).verify().info() == PrivateIndex.open(built, mmap=True).info()
+    _flip_middle(_shard_dir(built) / name)
+    with pytest.raises(IndexCorruptError, match=f"{name}.*checksum mismatch"):
+        PrivateIndex.open(built).verify()
+
+
 def test_damaged_metadata_is_refused_before_a_remove_reads_it(built: Path) -> None:
     _flip_middle(_shard_dir(built) / "metadata.sqlite")
     with pytest.raises(IndexCorruptError, match="metadata.sqlite.*checksum mismatch"):
@@ -88,7 +96,7 @@ def test_a_manifest_without_checksums_is_refused(built: Path) -> None:
 def test_unknown_user_in_a_path_is_bad_input_not_a_crash(
     tmp_path: Path, tiny_model: str, corpus: Path
 ) -> None:
-    message = "cannot expand '~nosuchuser/x': no such user; give an absolute path"
+    message = "cannot expand '~nosuchuser/x': no such user's home directory; give an absolute path"
     with pytest.raises(IndexInputError) as err:
         expand_user("~nosuchuser/x")
     assert str(err.value) == message
