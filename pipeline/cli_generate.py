@@ -79,7 +79,6 @@ def generate(
 def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidance, out, ledger_path, decoder_dir,
          seed, threads, knobs) -> dict[str, Any]:
     """Open everything, run one charged query and write the outputs (only after the charge committed)."""
-    import index  # noqa: F401,I001  (first: its torchvision shim must run before diffusers is imported)
     import torch
     from diffusers.utils import logging as diffusers_logging
 

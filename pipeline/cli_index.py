@@ -284,5 +284,5 @@ def info(index: IndexOption, json_mode: JsonOption = False) -> None:
     """Show records, dimension, index type, shards and skipped inputs (read-only)."""
     from index import PrivateIndex
 
-    payload = PrivateIndex.open(index, mmap=True).info()
+    payload = PrivateIndex.open(index).verify().info()
     emit(payload, json_mode=json_mode, human=_human_info)

@@ -147,7 +147,10 @@ def test_ctrl_c_after_a_build_committed_says_so_and_exits_0(tmp_path: Path, monk
     monkeypatch.setattr(cli_index, "emit", interrupted)  # Ctrl-C while printing the report of a committed build
     result = RUNNER.invoke(app, ["index", "build", str(corpus), "--index", str(tmp_path / "idx"), "--threads", "1"])
     assert result.exit_code == 0
-    assert _one_line(result).startswith("interrupted after the commit: the build of shard 'default' committed")
+    # blank images are far from the bundled digits: the build's one warning line comes first, then the interrupt
+    warning, line = result.stderr.splitlines()
+    assert warning.startswith("Warning: ") and "Using real models" in warning
+    assert line.startswith("interrupted after the commit: the build of shard 'default' committed")
     assert (tmp_path / "idx" / "manifest.json").is_file()
 
 
@@ -217,9 +220,6 @@ def test_light_commands_import_no_model_code(args, ledger_path: Path) -> None:
     assert _heavy_modules(*args) == set()
 
 
-@pytest.mark.xfail(reason="cli_index.info opens with mmap=True, which parses every index.faiss (needs faiss); "
-                          "PrivateIndex.open(index).verify().info() checks the same checksums without faiss",
-                   strict=True)  # fmt: skip
 def test_index_info_imports_no_model_code(index_dir: Path) -> None:
     assert _heavy_modules("index", "info", "--index", str(index_dir)) == set()
 
