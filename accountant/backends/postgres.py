@@ -64,7 +64,10 @@ except ImportError:  # pragma: no cover - exercised where psycopg is absent
 __all__ = ["DEFAULT_SCHEMA", "PostgresBackend", "public_url"]
 
 DEFAULT_SCHEMA = "dprdm"
-_TRUNCATE_GUARDED = {"charges_append_only_delete": APPEND_ONLY, "admissions_append_only_delete": ADMISSIONS_APPEND_ONLY}
+_TRUNCATE_GUARDED = {
+    "charges_append_only_delete": APPEND_ONLY,
+    "admissions_append_only_delete": ADMISSIONS_APPEND_ONLY,
+}
 
 
 def _split_url(url: str) -> tuple[str, str, str]:
@@ -253,7 +256,9 @@ class PostgresBackend:
         try:
             raw.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(self.schema)))
             raw.execute("SET synchronous_commit TO on")
-            raw.execute(pgsql.SQL("SET lock_timeout TO {}").format(pgsql.Literal(f"{int(self.timeout * 1000)}ms")))
+            raw.execute(
+                pgsql.SQL("SET lock_timeout TO {}").format(pgsql.Literal(f"{int(self.timeout * 1000)}ms"))
+            )
             if self.read_only:
                 raw.execute("SET default_transaction_read_only TO on")
         except BaseException:
@@ -310,7 +315,8 @@ class PostgresBackend:
 
     def _record_version(self, conn: _Connection, version: int) -> None:
         conn.execute(
-            "INSERT INTO dprdm_migrations (version, applied) VALUES (?, extract(epoch FROM now()))", (version,)
+            "INSERT INTO dprdm_migrations (version, applied) VALUES (?, extract(epoch FROM now()))",
+            (version,),
         )
 
     def _initialise_or_upgrade(self, conn: _Connection) -> None:
@@ -326,7 +332,9 @@ class PostgresBackend:
                 existed = conn.execute(
                     "SELECT count(*) FROM information_schema.schemata WHERE schema_name = ?", (self.schema,)
                 ).fetchone()[0]
-                conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))
+                conn.execute(
+                    pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema))
+                )
                 conn.execute(
                     "CREATE TABLE dprdm_migrations (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)"
                 )
@@ -390,7 +398,8 @@ class PostgresBackend:
                     conn.execute("SELECT pg_advisory_xact_lock(?)", (self._lock_key,))
                 if scopes:
                     conn.execute(
-                        "SELECT scope FROM spend WHERE scope = ANY(?) ORDER BY scope FOR UPDATE", (sorted(scopes),)
+                        "SELECT scope FROM spend WHERE scope = ANY(?) ORDER BY scope FOR UPDATE",
+                        (sorted(scopes),),
                     )
                 yield conn
             with self.guard(action, committing=True):
@@ -431,7 +440,9 @@ class PostgresBackend:
                     charges = conn.execute("SELECT count(*) FROM charges").fetchone()[0]
                     if charges == 0 and scopes <= owned_scopes:
                         if self._created_schema:
-                            conn.execute(pgsql.SQL("DROP SCHEMA {} CASCADE").format(pgsql.Identifier(self.schema)))
+                            conn.execute(
+                                pgsql.SQL("DROP SCHEMA {} CASCADE").format(pgsql.Identifier(self.schema))
+                            )
                         else:
                             conn.execute(
                                 "DROP TABLE admissions, tombstones, meta, spend, charges, scopes, dprdm_migrations"

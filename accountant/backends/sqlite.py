@@ -45,7 +45,9 @@ APPLICATION_ID = 0x64707264  # "dprd"
 
 
 def _guard(name: str, table: str, event: str, message: str) -> tuple[str]:
-    return (f"CREATE TRIGGER {name} BEFORE {event} ON {table}\n        BEGIN SELECT RAISE(ABORT, '{message}'); END",)
+    return (
+        f"CREATE TRIGGER {name} BEFORE {event} ON {table}\n        BEGIN SELECT RAISE(ABORT, '{message}'); END",
+    )
 
 
 DIALECT = Dialect(
