@@ -20,7 +20,14 @@ from typing import Any, Protocol
 from accountant.backends._schema import SCHEMA_VERSION, FilterOrderFn
 from accountant.backends.sqlite import SqliteBackend, ledger_path
 
-__all__ = ["SCHEMA_VERSION", "LedgerBackend", "SqliteBackend", "is_postgres_url", "ledger_path", "open_backend"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "LedgerBackend",
+    "SqliteBackend",
+    "is_postgres_url",
+    "ledger_path",
+    "open_backend",
+]
 
 _URL_SCHEMES = ("postgresql://", "postgres://")
 

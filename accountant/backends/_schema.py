@@ -214,3 +214,10 @@ def read_ledger_id(location: str, rows: list[tuple]) -> str:
 
 
 LEDGER_ID_SQL = "SELECT value FROM meta WHERE key = 'ledger_id'"
+
+
+def holds_only(conn: Any, owned_scopes: frozenset[str]) -> bool:
+    """Whether the ledger holds no charge and no scope but ``owned_scopes`` (so a failed creation may be undone)."""
+    scopes = {row[0] for row in conn.execute("SELECT name FROM scopes")}
+    charges = conn.execute("SELECT count(*) FROM charges").fetchone()[0]
+    return charges == 0 and scopes <= owned_scopes

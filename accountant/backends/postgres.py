@@ -30,7 +30,6 @@ Invariants (the same contract as the SQLite backend):
 from __future__ import annotations
 
 import os
-import threading
 import weakref
 import zlib
 from collections.abc import Iterator, Sequence
@@ -39,20 +38,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from accountant.backends._schema import (
-    ADMISSIONS_APPEND_ONLY,
-    APPEND_ONLY,
-    COLUMNS,
-    GUARD_TRIGGERS,
-    LEDGER_ID_SQL,
-    SCHEMA_VERSION,
-    Dialect,
-    FilterOrderFn,
-    check_columns,
-    check_version,
-    migrate,
-    read_ledger_id,
-)
+from accountant.backends import _schema
+from accountant.backends._connections import PerThread
 from accountant.errors import AccountantError, AccountantInputError, LedgerUnavailable
 
 try:  # an optional dependency: dprdm[scale]
@@ -65,8 +52,8 @@ __all__ = ["DEFAULT_SCHEMA", "PostgresBackend", "public_url"]
 
 DEFAULT_SCHEMA = "dprdm"
 _TRUNCATE_GUARDED = {
-    "charges_append_only_delete": APPEND_ONLY,
-    "admissions_append_only_delete": ADMISSIONS_APPEND_ONLY,
+    "charges_append_only_delete": _schema.APPEND_ONLY,
+    "admissions_append_only_delete": _schema.ADMISSIONS_APPEND_ONLY,
 }
 
 
@@ -108,7 +95,7 @@ def _guard(name: str, table: str, event: str, message: str) -> tuple[str, ...]:
     return tuple(statements)
 
 
-DIALECT = Dialect(
+DIALECT = _schema.Dialect(
     tokens={
         "real": "DOUBLE PRECISION",
         "int": "BIGINT",
@@ -124,7 +111,10 @@ DIALECT = Dialect(
     ),
 )
 #: Every trigger a current ledger must have, enabled (the truncate guards included).
-_TRIGGERS = frozenset(GUARD_TRIGGERS) | {"charges_append_only_truncate", "admissions_append_only_truncate"}
+_TRIGGERS = frozenset(_schema.GUARD_TRIGGERS) | {
+    "charges_append_only_truncate",
+    "admissions_append_only_truncate",
+}
 
 
 @lru_cache(maxsize=512)
@@ -152,13 +142,19 @@ class _Connection:
             with self.raw.cursor() as cursor:
                 cursor.executemany(_placeholders(statement), rows)
 
+    def usable(self) -> bool:
+        """False once the connection is closed or broken (it is then replaced, never reused)."""
+        return not (self.raw.closed or self.raw.broken)
+
+    def close(self) -> None:
+        self.raw.close()
+
     @property
     def in_transaction(self) -> bool:
         return self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
 
 _BACKENDS: weakref.WeakSet[PostgresBackend] = weakref.WeakSet()
-_INHERITED: list[Any] = []  # connections inherited through fork, neutered; kept so nothing else reuses the fd
 
 
 def _neuter_inherited() -> None:
@@ -166,12 +162,9 @@ def _neuter_inherited() -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
         for backend in list(_BACKENDS):
-            with backend._lock:
-                owned, backend._owned = backend._owned, []
-            for _, conn in owned:
+            for conn in backend._conns.take_inherited():
                 with suppress(Exception):
-                    os.dup2(devnull, conn.pgconn.socket)
-                _INHERITED.append(conn)
+                    os.dup2(devnull, conn.raw.pgconn.socket)
     finally:
         os.close(devnull)
 
@@ -193,7 +186,7 @@ class PostgresBackend:
     """
 
     def __init__(
-        self, url: str, *, create: bool, read_only: bool, timeout: float, filter_order: FilterOrderFn
+        self, url: str, *, create: bool, read_only: bool, timeout: float, filter_order: _schema.FilterOrderFn
     ) -> None:
         if psycopg is None:
             raise _missing_driver()
@@ -203,10 +196,7 @@ class PostgresBackend:
         self.timeout = float(timeout)
         self._filter_order = filter_order
         self._lock_key = zlib.crc32(f"dprdm ledger {self.schema}".encode()) - 2**31
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._owned: list[tuple[int, Any]] = []
-        self._closed = False
+        self._conns: PerThread[_Connection] = PerThread(self.location, usable=_Connection.usable)
         self.created = False
         self._created_schema = False
         _BACKENDS.add(self)
@@ -242,8 +232,8 @@ class PostgresBackend:
             ) from err
 
     def _lost(self) -> bool:
-        conn = getattr(self._local, "conn", None)
-        return conn is None or conn.raw.closed or conn.raw.broken
+        conn = self._conns.current()
+        return conn is None or not conn.usable()
 
     # -- connections ----------------------------------------------------------------------------------------
     def _connect(self) -> _Connection:
@@ -264,26 +254,15 @@ class PostgresBackend:
         except BaseException:
             raw.close()
             raise
-        with self._lock:
-            self._owned.append((os.getpid(), raw))
         return _Connection(raw)
 
     def conn(self) -> _Connection:
         """This thread's connection: opened on first use, after a fork, and after the old one broke."""
-        if self._closed:
-            raise LedgerUnavailable(f"ledger {self.location} was closed; open it again with Ledger(url)")
-        local = self._local
-        pid = os.getpid()
-        current = getattr(local, "conn", None)
-        if getattr(local, "pid", None) != pid or current is None or current.raw.closed or current.raw.broken:
-            if current is not None and getattr(local, "pid", None) == pid:
-                with suppress(psycopg.Error):
-                    current.raw.close()
-            local.conn = None
-            with self.guard("connecting"):
-                local.conn = self._connect()
-            local.pid = pid
-        return local.conn
+        return self._conns.get(self._open_connection)
+
+    def _open_connection(self) -> _Connection:
+        with self.guard("connecting"):
+            return self._connect()
 
     def _state(self, conn: _Connection) -> int | None:
         """Schema version; None if the schema holds no table; -1 if it holds tables but is not a dprdm ledger."""
@@ -308,7 +287,7 @@ class PostgresBackend:
                 f"no ledger at {self.location}; every charge is refused (fail closed); create it with "
                 "'dprdm budget init' (or Ledger(url, create=True))"
             )
-        if version is None or 0 <= version < SCHEMA_VERSION:
+        if version is None or 0 <= version < _schema.SCHEMA_VERSION:
             self._initialise_or_upgrade(conn)
         with self.guard("opening"):
             self._check_schema(conn)
@@ -320,11 +299,11 @@ class PostgresBackend:
         )
 
     def _initialise_or_upgrade(self, conn: _Connection) -> None:
-        """Create the schema (or migrate it) under the ledger's advisory lock; racing openers wait and re-check."""
+        """Create the schema (or _schema.migrate it) under the ledger's advisory lock; racing openers wait and re-check."""
         if self.read_only:
             raise LedgerUnavailable(
-                f"ledger {self.location} needs a migration to v{SCHEMA_VERSION}, which a read-only open cannot do; "
-                "open it once writable (e.g. Ledger(url)) to migrate it"
+                f"ledger {self.location} needs a migration to v{_schema.SCHEMA_VERSION}, which a read-only open cannot do; "
+                "open it once writable (e.g. Ledger(url)) to _schema.migrate it"
             )
         with self.transaction("creating the ledger", exclusive=True):
             version = self._state(conn)
@@ -340,8 +319,8 @@ class PostgresBackend:
                 )
                 version = 0
                 self.created, self._created_schema = True, not existed
-            if 0 <= version < SCHEMA_VERSION:
-                migrate(conn, DIALECT, version, self._filter_order, self._record_version)
+            if 0 <= version < _schema.SCHEMA_VERSION:
+                _schema.migrate(conn, DIALECT, version, self._filter_order, self._record_version)
 
     def _check_schema(self, conn: _Connection) -> None:
         version = self._state(conn)
@@ -350,15 +329,15 @@ class PostgresBackend:
                 f"{self.location} is not a dprdm ledger (schema '{self.schema}' has no dprdm_migrations table); "
                 "every charge is refused (fail closed); restore the ledger from a backup or pass the right --ledger"
             )
-        check_version(self.location, version)
-        found: dict[str, list[str]] = {table: [] for table in COLUMNS}
+        _schema.check_version(self.location, version)
+        found: dict[str, list[str]] = {table: [] for table in _schema.COLUMNS}
         for table, column in conn.execute(
             "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = ? "
             "ORDER BY table_name, ordinal_position",
             (self.schema,),
         ):
             found.setdefault(table, []).append(column)
-        check_columns(self.location, lambda table: tuple(found[table]))
+        _schema.check_columns(self.location, lambda table: tuple(found[table]))
 
     def integrity(self, conn: _Connection) -> str:
         """'ok', or the guard triggers that are missing or disabled (the log would not be append-only)."""
@@ -376,7 +355,9 @@ class PostgresBackend:
 
     def ledger_id(self) -> str:
         """The ledger's uuid4 hex identity (``meta`` table)."""
-        return read_ledger_id(self.location, self.read("reading the ledger id", LEDGER_ID_SQL))
+        return _schema.read_ledger_id(
+            self.location, self.read("reading the ledger id", _schema.LEDGER_ID_SQL)
+        )
 
     # -- statements -----------------------------------------------------------------------------------------
     @contextmanager
@@ -433,12 +414,10 @@ class PostgresBackend:
     def discard(self, owned_scopes: frozenset[str]) -> bool:
         """Close, and drop what this backend created if it holds only ``owned_scopes`` and no charge. Never raises."""
         removed = False
-        if self.created and not self._closed:
+        if self.created and not self._conns.closed:
             try:
                 with self.transaction("discarding a new ledger", exclusive=True) as conn:
-                    scopes = {row[0] for row in conn.execute("SELECT name FROM scopes")}
-                    charges = conn.execute("SELECT count(*) FROM charges").fetchone()[0]
-                    if charges == 0 and scopes <= owned_scopes:
+                    if _schema.holds_only(conn, owned_scopes):
                         if self._created_schema:
                             conn.execute(
                                 pgsql.SQL("DROP SCHEMA {} CASCADE").format(pgsql.Identifier(self.schema))
@@ -456,13 +435,4 @@ class PostgresBackend:
 
     def close(self) -> None:
         """Close this process's connections (inherited ones stay parked)."""
-        self._closed = True
-        pid = os.getpid()
-        with self._lock:
-            owned, self._owned = self._owned, []
-        for owner, raw in owned:
-            if owner == pid:
-                with suppress(Exception):
-                    raw.close()
-            else:
-                _INHERITED.append(raw)
+        self._conns.close()

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import quote
 
+from accountant.backends._connections import PerThread
 from accountant.backends._schema import (
     LEDGER_ID_SQL,
     SCHEMA_VERSION,
@@ -35,6 +35,7 @@ from accountant.backends._schema import (
     FilterOrderFn,
     check_columns,
     check_version,
+    holds_only,
     migrate,
     read_ledger_id,
     v1_statements,
@@ -70,7 +71,6 @@ def _record_version(conn: sqlite3.Connection, version: int) -> None:
     conn.execute(f"PRAGMA user_version = {version}")
 
 
-_INHERITED: list[sqlite3.Connection] = []  # connections inherited through fork: never used, never closed
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
@@ -106,10 +106,7 @@ class SqliteBackend:
         self._filter_order = filter_order
         self.read_only = read_only
         self.timeout = float(timeout)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._owned: list[tuple[int, sqlite3.Connection]] = []
-        self._closed = False
+        self._conns: PerThread[sqlite3.Connection] = PerThread(self.location)
         self.created = False  # True once this store created the file (it is then removed if creation fails)
         try:
             self._open(create=create and not read_only)
@@ -148,24 +145,15 @@ class SqliteBackend:
         except BaseException:
             conn.close()
             raise
-        with self._lock:
-            self._owned.append((os.getpid(), conn))
         return conn
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use and reopened in a forked child."""
-        if self._closed:
-            raise LedgerUnavailable(f"ledger {self.path} was closed; open it again with Ledger(path)")
-        local = self._local
-        pid = os.getpid()
-        if getattr(local, "pid", None) != pid:
-            inherited = getattr(local, "conn", None)
-            if inherited is not None:
-                _INHERITED.append(inherited)
-            with self.guard("opening"):
-                local.conn = self._connect("ro" if self.read_only else "rw")
-            local.pid = pid
-        return local.conn
+        return self._conns.get(self._open_connection)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        with self.guard("opening"):
+            return self._connect("ro" if self.read_only else "rw")
 
     def _open(self, *, create: bool) -> None:
         existed = self.path.exists()
@@ -307,14 +295,12 @@ class SqliteBackend:
         Undoes a creation that failed midway. Never raises; whenever that cannot be confirmed, the file stays.
         """
         removed = False
-        if self.created and not self._closed:
+        if self.created and not self._conns.closed:
             try:
                 conn = self.conn()
                 conn.execute("BEGIN IMMEDIATE")  # hold the write lock while checking and removing
                 try:
-                    scopes = {row[0] for row in conn.execute("SELECT name FROM scopes")}
-                    charges = conn.execute("SELECT count(*) FROM charges").fetchone()[0]
-                    if charges == 0 and scopes <= owned_scopes:
+                    if holds_only(conn, owned_scopes):
                         self.path.unlink()
                         removed = True
                 finally:
@@ -328,13 +314,4 @@ class SqliteBackend:
 
     def close(self) -> None:
         """Close this process's connections (inherited ones stay parked)."""
-        self._closed = True
-        pid = os.getpid()
-        with self._lock:
-            owned, self._owned = self._owned, []
-        for owner, conn in owned:
-            if owner == pid:
-                with suppress(sqlite3.Error):
-                    conn.close()
-            else:
-                _INHERITED.append(conn)
+        self._conns.close()
