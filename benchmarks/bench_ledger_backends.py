@@ -163,12 +163,15 @@ def _write(rows, settings: str, total: float) -> None:
     lines += [
         "",
         "One scope: both backends serialise the writers of a scope (SQLite's file write lock, PostgreSQL's row "
-        "lock), so throughput is bounded by one commit at a time plus the lock hand-over; p99 grows with the "
-        "number of waiters. Own scope: PostgreSQL commits charges of different scopes concurrently (row locks, "
-        "WAL group commit), SQLite still serialises every writer of the file. A PostgreSQL charge is a few "
-        "loopback round trips (BEGIN, FOR UPDATE, read, 2 writes, COMMIT); across hosts add the network RTT "
-        "per round trip. On this shared 2-core VM the processes also compete with the server for CPU, so the "
-        "16-process rows measure contention more than either engine's capacity.",
+        "lock), so aggregate throughput is one commit at a time. They queue differently: PostgreSQL grants the "
+        "row lock first-come first-served, so a charge waits for the writers ahead of it (p50 ~ waiters x one "
+        "commit) and p99 stays bounded; SQLite's busy handler polls with sleeps, so a lucky writer commits "
+        "at once (low p50) while others starve for seconds (p99). Own scope: PostgreSQL commits charges of "
+        "different scopes concurrently (row locks, WAL group commit), SQLite still serialises every writer of "
+        "the file. A PostgreSQL charge is 6 loopback round trips (BEGIN, FOR UPDATE, read, insert, update, "
+        "COMMIT); across hosts add the network RTT per round trip. On this shared 2-core VM the processes also "
+        "compete with the server for CPU, so the 16-process rows measure contention more than either engine's "
+        "capacity.",
         "",
     ]
     OUT.write_text("\n".join(lines))

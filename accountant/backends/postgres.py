@@ -29,6 +29,7 @@ Invariants (the same contract as the SQLite backend):
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 import zlib
@@ -51,6 +52,7 @@ except ImportError:  # pragma: no cover - exercised where psycopg is absent
 __all__ = ["DEFAULT_SCHEMA", "PostgresBackend", "public_url"]
 
 DEFAULT_SCHEMA = "dprdm"
+logger = logging.getLogger(__name__)
 _TRUNCATE_GUARDED = {
     "charges_append_only_delete": _schema.APPEND_ONLY,
     "admissions_append_only_delete": _schema.ADMISSIONS_APPEND_ONLY,
@@ -223,6 +225,8 @@ class PostgresBackend:
                 ) from err
             if isinstance(err, psycopg.errors.LockNotAvailable):
                 fix = f"another process held the ledger lock for more than {self.timeout:g}s; retry later"
+            elif isinstance(err, (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)):
+                fix = "a concurrent transaction conflicted with this one; retry"
             elif lost or isinstance(err, psycopg.OperationalError):
                 fix = "the connection to the ledger server was lost or refused; retry when the server is back"
             else:
@@ -291,6 +295,12 @@ class PostgresBackend:
             self._initialise_or_upgrade(conn)
         with self.guard("opening"):
             self._check_schema(conn)
+            if conn.execute("SHOW fsync").fetchone()[0] != "on":
+                logger.warning(
+                    "ledger %s: the server runs with fsync=off, so a committed charge can be lost in a crash; "
+                    "run the ledger's server with fsync=on",
+                    self.location,
+                )
 
     def _record_version(self, conn: _Connection, version: int) -> None:
         conn.execute(
@@ -299,11 +309,11 @@ class PostgresBackend:
         )
 
     def _initialise_or_upgrade(self, conn: _Connection) -> None:
-        """Create the schema (or _schema.migrate it) under the ledger's advisory lock; racing openers wait and re-check."""
+        """Create the schema (or migrate it) under the ledger's advisory lock; racing openers wait and re-check."""
         if self.read_only:
             raise LedgerUnavailable(
                 f"ledger {self.location} needs a migration to v{_schema.SCHEMA_VERSION}, which a read-only open cannot do; "
-                "open it once writable (e.g. Ledger(url)) to _schema.migrate it"
+                "open it once writable (e.g. Ledger(url)) to migrate it"
             )
         with self.transaction("creating the ledger", exclusive=True):
             version = self._state(conn)
