@@ -77,6 +77,14 @@ def start_server(*, max_connections: int = 120) -> PgServer | None:
     binaries = bin_dir()
     if binaries is None:
         return None
+    try:
+        return _start(binaries, max_connections)
+    except subprocess.CalledProcessError as err:
+        detail = (err.stderr or b"").decode(errors="replace").strip()
+        raise RuntimeError(f"could not start a PostgreSQL test server with {binaries}: {detail}") from err
+
+
+def _start(binaries: Path, max_connections: int) -> PgServer:
     directory = Path(tempfile.mkdtemp(prefix="dprdm-pg-"))
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres", "postgres")
