@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ class Backend:
     def new(self, tag: str = "budget") -> Path | str:
         """A fresh ledger location (nothing there yet)."""
         if self.name == "sqlite":
-            return self.tmp / f"{tag}.sqlite"
+            return self.tmp / f"{tag}-{uuid.uuid4().hex[:8]}.sqlite"
         return self.server.ledger_url(tag)
 
     def exists(self, location: Path | str) -> bool:
