@@ -1,6 +1,6 @@
 """Recompute every scope of a ledger from its append-only charge log (on open and in ``Ledger.verify``).
 
-Checks: SQLite ``quick_check``; each scope row parses; the logged query count equals the recorded one; the other
+Checks: the backend's storage check (SQLite ``quick_check``, PostgreSQL guard triggers present); each scope row parses; the logged query count equals the recorded one; the other
 events (training runs, ...) replayed in log order give the stored ``extra`` vector, the admission log gives the
 stored ``carried`` vector W (elementwise max), and the running vector equals ``(carried + extra) + n * c``
 (relative tolerance 1e-9; the replay performs the same float operations as the charges, so it is bit-exact in
@@ -11,14 +11,13 @@ distinct event, plus an ordered pass over a scope's rows only when it holds non-
 from __future__ import annotations
 
 import math
-import sqlite3
-from pathlib import Path
+from typing import Any
 
 import dp_accounting as dpa
 import numpy as np
 
 from accountant._rows import RTOL, SCOPE_SQL, parse_row, tampered, vector_from_blob
-from accountant.backends.sqlite import SCHEMA_VERSION
+from accountant.backends._schema import SCHEMA_VERSION
 from accountant.budget import filter_epsilon, scaled, within_budget
 from accountant.errors import LedgerUnavailable
 from accountant.events import DP_ACCOUNTING_VERSION, event_from_json, event_rdp
@@ -48,7 +47,7 @@ def _query_events(s) -> tuple[dpa.DpEvent, ...]:
 
 
 def _replay_in_order(
-    conn: sqlite3.Connection, s, queries: tuple[dpa.DpEvent, ...], admissions: list, details: list[str]
+    conn: Any, s, queries: tuple[dpa.DpEvent, ...], admissions: list, details: list[str]
 ) -> tuple[np.ndarray, int]:
     """Replay charges and admissions in log order with the charges' own float operations.
 
@@ -92,7 +91,7 @@ def _replay_in_order(
     return extra, events
 
 
-def _check_scope(conn: sqlite3.Connection, row: tuple, logged: list[tuple[str, int]]) -> ScopeCheck:
+def _check_scope(conn: Any, row: tuple, logged: list[tuple[str, int]]) -> ScopeCheck:
     try:
         s = parse_row(row)
     except ValueError as err:
@@ -157,9 +156,11 @@ def _check_scope(conn: sqlite3.Connection, row: tuple, logged: list[tuple[str, i
     )
 
 
-def audit(conn: sqlite3.Connection, path: Path) -> VerifyReport:
-    """Build the verification report inside the caller's read transaction (never raises on mismatch)."""
-    integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
+def audit(conn: Any, location: str, integrity: str) -> VerifyReport:
+    """Build the verification report inside the caller's read transaction (never raises on mismatch).
+
+    ``integrity`` is the backend's storage check ('ok' or the damage found).
+    """
     rows = conn.execute(SCOPE_SQL + " ORDER BY s.name").fetchall()
     logged = conn.execute("SELECT scope, event, SUM(count) FROM charges GROUP BY scope, event").fetchall()
     orphans = conn.execute(
@@ -173,7 +174,7 @@ def audit(conn: sqlite3.Connection, path: Path) -> VerifyReport:
     checks = [_check_scope(conn, row, by_scope.get(row[0], [])) for row in rows]
     checks += [_failed(name, 0, "rows for an unknown scope") for (name,) in orphans]
     return VerifyReport(
-        path=str(path),
+        path=location,
         ok=integrity == "ok" and all(c.ok for c in checks),
         integrity=integrity,
         schema_version=SCHEMA_VERSION,
@@ -181,7 +182,7 @@ def audit(conn: sqlite3.Connection, path: Path) -> VerifyReport:
     )
 
 
-def refusal(path: Path, report: VerifyReport) -> LedgerUnavailable:
+def refusal(path: str, report: VerifyReport) -> LedgerUnavailable:
     """The one-line LedgerUnavailable for a report that is not ok."""
     if report.integrity != "ok":
         return LedgerUnavailable(

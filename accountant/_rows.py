@@ -70,7 +70,7 @@ class ScopeRow(NamedTuple):
         return self.base + scaled(n, self.per_query)
 
 
-def tampered(path: Path, scope: str, what: str) -> LedgerUnavailable:
+def tampered(path: str | Path, scope: str, what: str) -> LedgerUnavailable:
     """The one-line refusal for an inconsistent scope."""
     return LedgerUnavailable(
         f"ledger {path} scope '{scope}' is inconsistent ({what}); the ledger is damaged or tampered with, "
@@ -170,7 +170,7 @@ def parse_row(row: tuple) -> ScopeRow:
     )
 
 
-def check_running(path: Path, scope: ScopeRow) -> None:
+def check_running(path: str | Path, scope: ScopeRow) -> None:
     """Refuse if the stored running RDP vector is not ``carried + extra + queries * c`` (tampering or damage)."""
     expected = scope.total()
     if not np.allclose(scope.rdp, expected, rtol=RTOL, atol=0.0, equal_nan=False):

@@ -71,7 +71,7 @@ from accountant._rows import (
     vector_to_blob,
 )
 from accountant._tombstones import admit_into, retire_from
-from accountant.backends import LedgerBackend, SqliteBackend, ledger_path
+from accountant.backends import LedgerBackend, open_backend
 from accountant.budget import (
     filter_epsilon,
     filter_order,
@@ -112,13 +112,17 @@ class _Step(NamedTuple):
 class Ledger:
     """Persistent (epsilon, delta) budgets per scope: a fixed-order Renyi filter, charged before any release.
 
-    Thread- and process-safe: every charge is one ``BEGIN IMMEDIATE`` transaction (WAL, synchronous=FULL) that
-    reads the running state, checks the filter and writes, so P processes racing for a budget that fits m
-    queries get exactly m successes (and the filter stays valid under concurrency, Haney et al. 2023).
+    Thread- and process-safe: every charge is one transaction that locks what it charges (SQLite: ``BEGIN
+    IMMEDIATE``, WAL, synchronous=FULL; PostgreSQL: ``SELECT ... FOR UPDATE`` on the scopes' rows in name order,
+    synchronous_commit=on), reads the running state, checks the filter and writes, so P processes (on any number
+    of hosts, for PostgreSQL) racing for a budget that fits m queries get exactly m successes (and the filter
+    stays valid under concurrency, Haney et al. 2023).
 
     Args:
-        path: ledger file (by convention ``<index_dir>/budget.sqlite``).
-        create: create the file if it does not exist; with ``create=False`` a missing file raises.
+        path: ledger file (by convention ``<index_dir>/budget.sqlite``), or a PostgreSQL URL
+            ``postgresql://user@host:port/db[?schema=NAME]`` (one ledger per schema, default ``dprdm``; needs
+            ``pip install 'dprdm[scale]'``).
+        create: create the ledger if it does not exist; with ``create=False`` a missing ledger raises.
         read_only: open with ``mode=ro``: never creates or writes anything; writes refuse.
         timeout: seconds to wait for another writer's lock before raising :class:`LedgerUnavailable`.
 
@@ -136,14 +140,14 @@ class Ledger:
         read_only: bool = False,
         timeout: float = 30.0,
     ) -> None:
-        self._path = ledger_path(path)
-        self._store: LedgerBackend = SqliteBackend(
-            self._path,
+        self._store: LedgerBackend = open_backend(
+            path,
             create=create,
             read_only=read_only,
             timeout=timeout,
             filter_order=_migration_filter_order,
         )
+        self._where = self._store.location
         self._read_only = read_only
         self._created_scopes: set[str] = set()
         self._ledger_id = ""
@@ -155,16 +159,16 @@ class Ledger:
             raise
         if not report.ok:
             self._store.discard(frozenset())
-            raise refusal(self._path, report)
+            raise refusal(self._where, report)
 
     @property
-    def path(self) -> Path:
-        """Absolute path of the ledger file."""
-        return self._path
+    def path(self) -> Path | None:
+        """Absolute path of the ledger file (None for a PostgreSQL ledger: see :attr:`location`)."""
+        return self._store.path
 
     @property
     def location(self) -> str:
-        """Where the ledger lives: ``str(path)`` for SQLite (a URL for a future PostgreSQL backend)."""
+        """Where the ledger lives: ``str(path)`` for SQLite, the ``postgresql://`` URL without password."""
         return self._store.location
 
     @property
@@ -203,14 +207,14 @@ class Ledger:
         row = conn.execute(SCOPE_SQL + " WHERE s.name = ?", (name,)).fetchone()
         if row is None:
             raise AccountantInputError(
-                f"scope '{name}' is not in ledger {self._path}; create it with 'dprdm budget init' "
+                f"scope '{name}' is not in ledger {self._where}; create it with 'dprdm budget init' "
                 f"(existing: {', '.join(self._names(conn)) or 'none'})"
             )
         try:
             s = parse_row(row)
         except ValueError as err:
-            raise tampered(self._path, name, f"unreadable scope row: {err}") from err
-        check_running(self._path, s)
+            raise tampered(self._where, name, f"unreadable scope row: {err}") from err
+        check_running(self._where, s)
         return s
 
     @staticmethod
@@ -262,7 +266,7 @@ class Ledger:
     # -- verification ---------------------------------------------------------------------------------------
     def _audit(self) -> VerifyReport:
         with self._store.snapshot("verifying") as conn:
-            return audit(conn, self._path)
+            return audit(conn, self._where, self._store.integrity(conn))
 
     def verify(self) -> VerifyReport:
         """Replay every scope from the charge and admission logs and compare with the stored running state.
@@ -275,14 +279,14 @@ class Ledger:
         """
         report = self._audit()
         if not report.ok:
-            raise refusal(self._path, report)
+            raise refusal(self._where, report)
         return report
 
     # -- creating scopes ------------------------------------------------------------------------------------
     def _writable(self) -> None:
         if self._read_only:
             raise AccountantInputError(
-                f"ledger {self._path} was opened read-only; open it with read_only=False"
+                f"ledger {self._where} was opened read-only; open it with read_only=False"
             )
 
     def create_scope(
@@ -364,7 +368,7 @@ class Ledger:
 
     def _create_prepared(self, prepared: list[PreparedScope]) -> list[ScopeStatus]:
         names = [p.name for p in prepared]
-        with self._store.transaction("creating scopes") as conn:
+        with self._store.transaction("creating scopes", exclusive=True) as conn:
             existing = sorted(set(names) & set(self._names(conn)))
             if existing:
                 which = (
@@ -373,7 +377,7 @@ class Ledger:
                     else f"scopes {', '.join(existing)} already exist"
                 )
                 raise AccountantInputError(
-                    f"{which} in ledger {self._path}; a scope's mechanism and budget are fixed, so use a new scope "
+                    f"{which} in ledger {self._where}; a scope's mechanism and budget are fixed, so use a new scope "
                     "name"
                 )
             now = time.time()
@@ -508,7 +512,7 @@ class Ledger:
         names, event, records = self._charge_args(scopes, event, count, records)
         caller, purpose = check_label("caller", caller), check_label("purpose", purpose)
         group = uuid.uuid4().hex
-        with self._store.transaction("charging") as conn:
+        with self._store.transaction("charging", scopes=names) as conn:
             now = time.time()
             steps = []
             for name in names:
@@ -600,7 +604,7 @@ class Ledger:
         self._writable()
         scope = check_scope_name(scope)
         ids_a = check_ids(ids)
-        with self._store.transaction("admitting records") as conn:
+        with self._store.transaction("admitting records", scopes=[scope], exclusive=True) as conn:
             after = admit_into(conn, self._load(conn, scope), ids_a, time.time())
         return status_of(after)
 
@@ -622,7 +626,7 @@ class Ledger:
         self._writable()
         scope = check_scope_name(scope)
         ids_a = check_ids(ids)
-        with self._store.transaction("retiring records") as conn:
+        with self._store.transaction("retiring records", scopes=[scope], exclusive=True) as conn:
             s = self._load(conn, scope)
             retire_from(conn, s, ids_a, time.time())
         return int(ids_a.size)

@@ -1,8 +1,8 @@
 """SQLite backend of the ledger: connections, pragmas, schema DDL, migrations and sqlite error translation.
 
 This is the only module that knows it talks to SQLite (see :class:`accountant.backends.LedgerBackend` for the
-seam a PostgreSQL backend implements, issue 14). The ledger's own statements are portable SQL (no SQLite
-functions, ``?`` placeholders that a psycopg backend rewrites to ``%s``).
+seam; ``accountant.backends.postgres`` is the other implementation). The schema is the shared, dialect-rendered
+DDL of ``accountant.backends._schema``; the ledger's own statements are portable SQL (``?`` placeholders).
 
 Invariants:
 - WAL journal, ``synchronous=FULL`` (a committed charge survives a power cut), ``isolation_level=None`` (we issue
@@ -20,131 +20,57 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import quote
 
+from accountant.backends._connections import PerThread
+from accountant.backends._schema import (
+    LEDGER_ID_SQL,
+    SCHEMA_VERSION,
+    Dialect,
+    FilterOrderFn,
+    check_columns,
+    check_version,
+    holds_only,
+    migrate,
+    read_ledger_id,
+    v1_statements,
+)
 from accountant.errors import AccountantError, AccountantInputError, LedgerUnavailable
 
-SCHEMA_VERSION = 2
 APPLICATION_ID = 0x64707264  # "dprd"
 
-_COLUMNS = {
-    "scopes": (
-        "name",
-        "epsilon",
-        "delta",
-        "k",
-        "q",
-        "sigma",
-        "adjacency",
-        "orders",
-        "dp_accounting_version",
-        "records",
-        "created",
-        "filter_order",
-    ),
-    "charges": ("id", "group_id", "time", "scope", "event", "count", "caller", "purpose"),
-    "spend": ("scope", "queries", "rdp", "events", "carried", "extra"),
-    "meta": ("key", "value"),
-    "tombstones": ("id", "orders", "rdp", "updated"),
-    "admissions": ("id", "time", "scope", "after_charge", "members", "rdp"),
-}
 
-#: (epsilon, delta, k, q, sigma, orders JSON) of a v1 scope -> its filter order alpha* (the ledger's maths).
-FilterOrderFn = Callable[[float, float, int, float, float, str], float]
+def _guard(name: str, table: str, event: str, message: str) -> tuple[str]:
+    return (
+        f"CREATE TRIGGER {name} BEFORE {event} ON {table}\n        BEGIN SELECT RAISE(ABORT, '{message}'); END",
+    )
 
-_SCOPES_IMMUTABLE = """CREATE TRIGGER scopes_immutable BEFORE UPDATE ON scopes
-        BEGIN SELECT RAISE(ABORT, 'a scope is immutable; create a new scope'); END"""
 
-_V1 = (
-    """CREATE TABLE scopes (
-        name TEXT PRIMARY KEY NOT NULL,
-        epsilon REAL NOT NULL, delta REAL NOT NULL,
-        k INTEGER NOT NULL, q REAL NOT NULL, sigma REAL NOT NULL,
-        adjacency TEXT NOT NULL, orders TEXT NOT NULL, dp_accounting_version TEXT NOT NULL,
-        records INTEGER, created REAL NOT NULL)""",
-    """CREATE TABLE charges (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        group_id TEXT NOT NULL, time REAL NOT NULL,
-        scope TEXT NOT NULL REFERENCES scopes(name),
-        event TEXT NOT NULL, count INTEGER NOT NULL CHECK (count >= 1),
-        caller TEXT, purpose TEXT)""",
-    "CREATE INDEX charges_scope ON charges(scope, event)",
-    """CREATE TABLE spend (
-        scope TEXT PRIMARY KEY NOT NULL REFERENCES scopes(name),
-        queries INTEGER NOT NULL CHECK (queries >= 0),
-        rdp BLOB NOT NULL)""",
-    """CREATE TRIGGER charges_append_only_update BEFORE UPDATE ON charges
-        BEGIN SELECT RAISE(ABORT, 'the charge log is append-only'); END""",
-    """CREATE TRIGGER charges_append_only_delete BEFORE DELETE ON charges
-        BEGIN SELECT RAISE(ABORT, 'the charge log is append-only'); END""",
-    _SCOPES_IMMUTABLE,
+DIALECT = Dialect(
+    tokens={
+        "real": "REAL",
+        "int": "INTEGER",
+        "blob": "BLOB",
+        "autoid": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "zero_rdp": "zeroblob(length(rdp))",
+    },
+    guard=_guard,
+    drop_guard=lambda name, table: f"DROP TRIGGER {name}",
+    prelude=(f"PRAGMA application_id = {APPLICATION_ID}",),
 )
+#: The schema-v1 DDL as dprdm 0.1 wrote it (tests build v1 ledgers from it).
+_V1 = tuple(v1_statements(DIALECT))[1:]
 
 
-_V2 = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
-    "ALTER TABLE scopes ADD COLUMN filter_order REAL",
-    "ALTER TABLE spend ADD COLUMN events INTEGER NOT NULL DEFAULT 0 CHECK (events >= 0)",
-    "ALTER TABLE spend ADD COLUMN carried BLOB",
-    "ALTER TABLE spend ADD COLUMN extra BLOB",
-    "UPDATE spend SET carried = zeroblob(length(rdp)), extra = zeroblob(length(rdp))",
-    """CREATE TABLE tombstones (
-        id INTEGER PRIMARY KEY NOT NULL,
-        orders TEXT NOT NULL, rdp BLOB NOT NULL, updated REAL NOT NULL)""",
-    """CREATE TABLE admissions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,
-        scope TEXT NOT NULL REFERENCES scopes(name),
-        after_charge INTEGER NOT NULL, members INTEGER NOT NULL CHECK (members >= 0), rdp BLOB NOT NULL)""",
-    """CREATE TRIGGER admissions_append_only_update BEFORE UPDATE ON admissions
-        BEGIN SELECT RAISE(ABORT, 'the admission log is append-only'); END""",
-    """CREATE TRIGGER admissions_append_only_delete BEFORE DELETE ON admissions
-        BEGIN SELECT RAISE(ABORT, 'the admission log is append-only'); END""",
-)
+def _record_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(f"PRAGMA user_version = {version}")
 
 
-def _migrate_to_v1(conn: sqlite3.Connection, filter_order: FilterOrderFn) -> None:
-    for statement in _V1:
-        conn.execute(statement)
-    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-
-
-def _migrate_to_v2(conn: sqlite3.Connection, filter_order: FilterOrderFn) -> None:
-    """v1 -> v2: ledger id, fixed filter order per scope, tombstones, admissions, carried/extra RDP vectors.
-
-    Each v1 scope gets alpha* = the optimal order for the most queries its (mechanism, budget) admits, so it
-    keeps exactly the number of admissible queries it had (see ``accountant.budget.filter_order``).
-    """
-    for statement in _V2:
-        conn.execute(statement)
-    conn.execute("INSERT INTO meta VALUES ('ledger_id', ?)", (uuid.uuid4().hex,))
-    rows = conn.execute("SELECT name, epsilon, delta, k, q, sigma, orders FROM scopes").fetchall()
-    conn.execute("DROP TRIGGER scopes_immutable")
-    for name, eps, delta, k, q, sigma, orders in rows:
-        try:
-            order = filter_order(eps, delta, k, q, sigma, orders)
-        except (AccountantError, TypeError, ValueError, json.JSONDecodeError) as err:
-            raise LedgerUnavailable(
-                f"cannot migrate scope '{name}' to schema v2 ({err}); the ledger is damaged; restore a backup"
-            ) from err
-        conn.execute("UPDATE scopes SET filter_order = ? WHERE name = ?", (order, name))
-    conn.execute(_SCOPES_IMMUTABLE)
-
-
-#: Ordered migrations: entry i brings user_version i to i + 1.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection, FilterOrderFn], None], ...] = (
-    _migrate_to_v1,
-    _migrate_to_v2,
-)
-
-_INHERITED: list[sqlite3.Connection] = []  # connections inherited through fork: never used, never closed
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
@@ -180,10 +106,7 @@ class SqliteBackend:
         self._filter_order = filter_order
         self.read_only = read_only
         self.timeout = float(timeout)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._owned: list[tuple[int, sqlite3.Connection]] = []
-        self._closed = False
+        self._conns: PerThread[sqlite3.Connection] = PerThread(self.location)
         self.created = False  # True once this store created the file (it is then removed if creation fails)
         try:
             self._open(create=create and not read_only)
@@ -222,24 +145,15 @@ class SqliteBackend:
         except BaseException:
             conn.close()
             raise
-        with self._lock:
-            self._owned.append((os.getpid(), conn))
         return conn
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use and reopened in a forked child."""
-        if self._closed:
-            raise LedgerUnavailable(f"ledger {self.path} was closed; open it again with Ledger(path)")
-        local = self._local
-        pid = os.getpid()
-        if getattr(local, "pid", None) != pid:
-            inherited = getattr(local, "conn", None)
-            if inherited is not None:
-                _INHERITED.append(inherited)
-            with self.guard("opening"):
-                local.conn = self._connect("ro" if self.read_only else "rw")
-            local.pid = pid
-        return local.conn
+        return self._conns.get(self._open_connection)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        with self.guard("opening"):
+            return self._connect("ro" if self.read_only else "rw")
 
     def _open(self, *, create: bool) -> None:
         existed = self.path.exists()
@@ -295,9 +209,7 @@ class SqliteBackend:
 
     def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
         """Run the migrations from ``version`` on, each with its version bump, inside the caller's transaction."""
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            _MIGRATIONS[target - 1](conn, self._filter_order)
-            conn.execute(f"PRAGMA user_version = {target}")
+        migrate(conn, DIALECT, version, self._filter_order, _record_version)
 
     def _upgrade(self, conn: sqlite3.Connection) -> None:
         """Migrate an older ledger in one write transaction (re-checked under the lock; racing openers wait)."""
@@ -314,13 +226,7 @@ class SqliteBackend:
 
     def ledger_id(self) -> str:
         """The ledger's uuid4 hex identity (``meta`` table)."""
-        rows = self.read("reading the ledger id", "SELECT value FROM meta WHERE key = 'ledger_id'")
-        if len(rows) != 1 or not isinstance(rows[0][0], str) or len(rows[0][0]) != 32:
-            raise LedgerUnavailable(
-                f"ledger {self.path} has no valid ledger id; the ledger is damaged or tampered with; restore it "
-                "from a backup"
-            )
-        return rows[0][0]
+        return read_ledger_id(self.location, self.read("reading the ledger id", LEDGER_ID_SQL))
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         app = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -330,28 +236,21 @@ class SqliteBackend:
                 f"{self.path} is not a dprdm ledger (application_id {app}, user_version {version}); every charge "
                 "is refused (fail closed); restore the ledger from a backup or pass the right --ledger path"
             )
-        if version > SCHEMA_VERSION:
-            raise LedgerUnavailable(
-                f"ledger {self.path} has schema version {version}, newer than this dprdm supports "
-                f"({SCHEMA_VERSION}); upgrade dprdm to use it"
-            )
-        if version < SCHEMA_VERSION:
-            raise LedgerUnavailable(
-                f"ledger {self.path} has schema version {version} < {SCHEMA_VERSION} and was not migrated; the "
-                "ledger is damaged; restore it from a backup"
-            )
-        for table, columns in _COLUMNS.items():
-            found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
-            if found != columns:
-                raise LedgerUnavailable(
-                    f"ledger {self.path} table '{table}' has columns {list(found)}, expected {list(columns)}; "
-                    "the ledger is damaged or tampered with; restore it from a backup"
-                )
+        check_version(self.location, version)
+        check_columns(
+            self.location, lambda table: tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+        )
 
     # -- statements -----------------------------------------------------------------------------------------
     @contextmanager
-    def transaction(self, action: str) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls back. Side effects belong after the block."""
+    def transaction(
+        self, action: str, *, scopes: Sequence[str] = (), exclusive: bool = False
+    ) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls back. Side effects belong after the block.
+
+        ``BEGIN IMMEDIATE`` takes the database's one write lock, so ``scopes`` and ``exclusive`` (what a
+        PostgreSQL backend locks) need nothing more here.
+        """
         conn = self.conn()
         with self.guard(action):
             conn.execute("BEGIN IMMEDIATE")
@@ -364,6 +263,11 @@ class SqliteBackend:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def integrity(conn: sqlite3.Connection) -> str:
+        """``PRAGMA quick_check``: 'ok' or the damage found (inside the caller's read transaction)."""
+        return conn.execute("PRAGMA quick_check").fetchone()[0]
 
     def read(self, action: str, sql: str, params: tuple = ()) -> list[tuple]:
         """Run one read statement (in its own implicit transaction) and return all rows."""
@@ -391,14 +295,12 @@ class SqliteBackend:
         Undoes a creation that failed midway. Never raises; whenever that cannot be confirmed, the file stays.
         """
         removed = False
-        if self.created and not self._closed:
+        if self.created and not self._conns.closed:
             try:
                 conn = self.conn()
                 conn.execute("BEGIN IMMEDIATE")  # hold the write lock while checking and removing
                 try:
-                    scopes = {row[0] for row in conn.execute("SELECT name FROM scopes")}
-                    charges = conn.execute("SELECT count(*) FROM charges").fetchone()[0]
-                    if charges == 0 and scopes <= owned_scopes:
+                    if holds_only(conn, owned_scopes):
                         self.path.unlink()
                         removed = True
                 finally:
@@ -412,13 +314,4 @@ class SqliteBackend:
 
     def close(self) -> None:
         """Close this process's connections (inherited ones stay parked)."""
-        self._closed = True
-        pid = os.getpid()
-        with self._lock:
-            owned, self._owned = self._owned, []
-        for owner, conn in owned:
-            if owner == pid:
-                with suppress(sqlite3.Error):
-                    conn.close()
-            else:
-                _INHERITED.append(conn)
+        self._conns.close()

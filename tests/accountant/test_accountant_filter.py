@@ -44,10 +44,10 @@ def _reference_rdp(event: dpa.DpEvent) -> np.ndarray:
     ],
     ids=["boundary", "between", "plain-gaussian", "subsampled"],
 )
-def test_identical_queries_admit_exactly_todays_count(ledger_path, mech, epsilon):
+def test_identical_queries_admit_exactly_todays_count(location, mech, epsilon):
     today = max_queries(mech, epsilon=epsilon, delta=DELTA)  # the multi-order, non-adaptive count
     assert 1 <= today < 10**6
-    with Ledger(ledger_path) as book:
+    with Ledger(location) as book:
         created = book.create_scope("s", epsilon=epsilon, delta=DELTA, mechanism=mech, records=N)
         assert created.queries_remaining == today
         assert book.fits("s", count=today) and not book.fits("s", count=today + 1)
@@ -57,8 +57,8 @@ def test_identical_queries_admit_exactly_todays_count(ledger_path, mech, epsilon
         assert book.status("s").queries_remaining == 0 and book.status("s").queries_charged == today
 
 
-def test_training_event_plus_queries_reports_compute_epsilon_at_the_filter_order(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_training_event_plus_queries_reports_compute_epsilon_at_the_filter_order(location):
+    with Ledger(location) as book:
         created = book.create_scope("s", epsilon=8.0, delta=DELTA, mechanism=MECH, records=N, alpha=12.0)
         assert created.filter_order == 12.0
         receipt = book.charge("s", event=TRAINING, caller="finetune")
@@ -73,15 +73,15 @@ def test_training_event_plus_queries_reports_compute_epsilon_at_the_filter_order
     assert status.rdp_spent == pytest.approx(summed, rel=1e-12)
     assert status.events_charged == 1 and status.queries_charged == 3
     assert receipt.statuses == (status,)  # computed inside the charge, equal to a fresh read
-    with Ledger(ledger_path, create=False) as book:  # reopen: the audit replays the mixed log exactly
+    with Ledger(location, create=False) as book:  # reopen: the audit replays the mixed log exactly
         assert book.verify().ok and book.status("s") == status
         assert [c.count for c in book.history("s")] == [1, 1, 1, 1]
 
 
-def test_adaptive_sequence_halts_before_the_filter_sum_exceeds_the_budget(ledger_path):
+def test_adaptive_sequence_halts_before_the_filter_sum_exceeds_the_budget(location):
     """Events whose noise is chosen from the state so far; the filter stops before sum RDP(alpha*) > B*."""
     epsilon = 2.0
-    with Ledger(ledger_path) as book:
+    with Ledger(location) as book:
         alpha = book.create_scope("s", epsilon=epsilon, delta=DELTA, mechanism=MECH, records=N).filter_order
         i = DEFAULT_ORDERS.index(alpha)
         admitted, total, refused = [], 0.0, None
@@ -122,8 +122,8 @@ def test_unsupported_event_is_refused_and_nothing_charged(ledger):
     assert ledger.history() == []
 
 
-def test_scope_without_records_refuses_every_charge(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_scope_without_records_refuses_every_charge(location):
+    with Ledger(location) as book:
         book.create_scope("s", epsilon=budget_for(10), delta=DELTA, mechanism=MECH)
         with pytest.raises(DeltaRefused, match="no record count N") as info:
             book.charge("s")
@@ -134,8 +134,8 @@ def test_scope_without_records_refuses_every_charge(ledger_path):
         assert book.status("s").queries_charged == 1
 
 
-def test_records_grown_past_one_over_delta_are_refused(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_records_grown_past_one_over_delta_are_refused(location):
+    with Ledger(location) as book:
         book.create_scope("s", epsilon=budget_for(10), delta=1e-3, mechanism=MECH, records=500)
         book.charge("s")
         with pytest.raises(DeltaRefused, match=r"not below 1/N .* N=1000 records"):
@@ -150,10 +150,10 @@ def test_recommended_delta_is_a_power_of_ten_at_most_a_tenth_of_one_over_n(recor
     assert value == expected and value <= 1 / (10 * records)
 
 
-def test_create_scopes_is_all_or_none(ledger_path):
+def test_create_scopes_is_all_or_none(location):
     good = ScopeSpec(name="a", epsilon=1.0, delta=DELTA, mechanism=MECH, records=N)
     bad = ScopeSpec(name="b", epsilon=1.0, delta=0.01, mechanism=MECH, records=N)  # delta >= 1/N
-    with Ledger(ledger_path) as book:
+    with Ledger(location) as book:
         with pytest.raises(AccountantInputError, match="must be below 1/N"):
             book.create_scopes([good, bad])
         assert book.scopes() == []
@@ -166,8 +166,8 @@ def test_create_scopes_is_all_or_none(ledger_path):
         assert book.scopes() == ["a", "c"]
 
 
-def test_explicit_alpha_is_validated(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_explicit_alpha_is_validated(location):
+    with Ledger(location) as book:
         with pytest.raises(AccountantInputError, match="alpha must be a finite RDP order > 1.01"):
             book.create_scope("s", epsilon=1.0, delta=DELTA, mechanism=MECH, alpha=1.0)
         status = book.create_scope("s", epsilon=3.0, delta=DELTA, mechanism=MECH, alpha=12.25, records=N)
@@ -196,9 +196,9 @@ def test_event_rdp_of_training_matches_dp_accounting():
     assert np.array_equal(event_rdp(TRAINING), _reference_rdp(TRAINING))
 
 
-def test_a_logged_event_beyond_the_filter_is_found_on_open(ledger_path):
+def test_a_logged_event_beyond_the_filter_is_found_on_open(location):
     """A charge row and matching spend forged past the budget: the ordered replay finds it (exit 3)."""
-    with Ledger(ledger_path) as book:
+    with Ledger(location) as book:
         book.create_scope("s", epsilon=budget_for(10), delta=DELTA, mechanism=MECH, records=N)
         book.charge("s", event=dpa.GaussianDpEvent(50.0))
         book.charge("s", count=3)
@@ -207,7 +207,7 @@ def test_a_logged_event_beyond_the_filter_is_found_on_open(ledger_path):
     from accountant._rows import vector_to_blob
     from accountant.events import event_to_json
 
-    conn = raw(ledger_path)
+    conn = raw(location)
     conn.execute(
         "INSERT INTO charges (group_id, time, scope, event, count, caller, purpose) VALUES (?, ?, 's', ?, 1, NULL, NULL)",
         (history[0].group_id, history[0].time, event_to_json(big)),
@@ -220,20 +220,20 @@ def test_a_logged_event_beyond_the_filter_is_found_on_open(ledger_path):
     )
     conn.close()
     with pytest.raises(LedgerUnavailable, match="exceeded the filter when it was made"):
-        Ledger(ledger_path, create=False)
+        Ledger(location, create=False)
 
 
-def test_initialise_checks_everything_first_and_leaves_no_file_on_refusal(ledger_path):
+def test_initialise_checks_everything_first_and_leaves_no_file_on_refusal(location, backend):
     bad = [
         ScopeSpec(name="a", epsilon=1.0, delta=DELTA, mechanism=MECH, records=N),
         ScopeSpec(name="b", epsilon=1e-9, delta=DELTA, mechanism=MECH, records=N),  # not even one query fits
     ]
     with pytest.raises(AccountantInputError, match="scope 'b': one query"):
-        Ledger.initialise(ledger_path, bad)
-    assert not ledger_path.exists()
-    book, statuses = Ledger.initialise(ledger_path, bad[:1])
+        Ledger.initialise(location, bad)
+    assert not backend.exists(location)
+    book, statuses = Ledger.initialise(location, bad[:1])
     with book:
         assert [s.scope for s in statuses] == ["a"] and book.created
     with pytest.raises(AccountantInputError, match="scope 'a' already exists"):
-        Ledger.initialise(ledger_path, bad[:1])
-    assert ledger_path.exists()  # an existing ledger is never removed
+        Ledger.initialise(location, bad[:1])
+    assert backend.exists(location)  # an existing ledger is never removed

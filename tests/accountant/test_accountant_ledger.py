@@ -1,11 +1,10 @@
-"""Ledger behaviour: exact boundary refusal, persistence, multi-scope atomicity, inputs, read-only opening."""
+"""Ledger behaviour on every backend: exact boundary refusal, persistence, multi-scope atomicity, inputs, read-only."""
 
 from __future__ import annotations
 
 import math
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +53,7 @@ def test_status_fields_before_and_after_charges(ledger):
     assert ledger.scopes() == ["a"] and ledger.mechanism("a") == MECH
 
 
-def test_exact_boundary_mth_accepted_next_refused(ledger, ledger_path):
+def test_exact_boundary_mth_accepted_next_refused(ledger, location):
     """Strict policy: budget = epsilon after 10 queries admits exactly 10; the 11th is refused, nothing recorded."""
     for i in range(10):
         assert ledger.status("a").queries_remaining == 10 - i
@@ -67,11 +66,11 @@ def test_exact_boundary_mth_accepted_next_refused(ledger, ledger_path):
     ):
         ledger.charge("a")
     assert ledger.status("a").queries_charged == 10
-    assert raw(ledger_path).execute("SELECT count(*) FROM charges").fetchone()[0] == 10
+    assert raw(location).execute("SELECT count(*) FROM charges").fetchone()[0] == 10
 
 
-def test_budget_one_ulp_below_the_mth_admits_one_less(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_budget_one_ulp_below_the_mth_admits_one_less(location):
+    with Ledger(location) as book:
         book.create_scope(
             "s", epsilon=math.nextafter(budget_for(5), 0.0), delta=DELTA, mechanism=MECH, records=N
         )
@@ -90,18 +89,19 @@ def test_count_charge_refused_when_it_would_overshoot(ledger):
     assert ledger.status("a").queries_remaining == 0
 
 
-def test_persistence_round_trip_equals_uninterrupted(tmp_path):
+def test_persistence_round_trip_equals_uninterrupted(backend):
     budget = budget_for(40)
-    with Ledger(tmp_path / "stop.sqlite") as book:
+    stop, straight_at = backend.new("stop"), backend.new("straight")
+    with Ledger(stop) as book:
         book.create_scope("s", epsilon=budget, delta=DELTA, mechanism=MECH, records=N)
         for _ in range(7):
             book.charge("s")
-    with Ledger(tmp_path / "stop.sqlite", create=False) as book:
+    with Ledger(stop, create=False) as book:
         assert book.status("s").queries_charged == 7
         for _ in range(5):
             book.charge("s")
         resumed = book.status("s")
-    with Ledger(tmp_path / "straight.sqlite") as book:
+    with Ledger(straight_at) as book:
         book.create_scope("s", epsilon=budget, delta=DELTA, mechanism=MECH, records=N)
         for _ in range(12):
             book.charge("s")
@@ -113,8 +113,8 @@ def test_persistence_round_trip_equals_uninterrupted(tmp_path):
     assert resumed.queries_remaining == straight.queries_remaining == 28
 
 
-def test_multi_scope_charge_is_all_or_nothing(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_multi_scope_charge_is_all_or_nothing(location):
+    with Ledger(location) as book:
         book.create_scope("small", epsilon=budget_for(3), delta=DELTA, mechanism=MECH, records=N)
         book.create_scope("large", epsilon=budget_for(5), delta=DELTA, mechanism=MECH, records=N)
         receipts = [book.charge(["large", "small"], caller="q") for _ in range(3)]
@@ -169,8 +169,8 @@ def test_threads_race_exactly_m_successes(ledger):
     assert ledger.verify().ok
 
 
-def test_create_scope_with_queries_calibrates_sigma(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_create_scope_with_queries_calibrates_sigma(location):
+    with Ledger(location) as book:
         status = book.create_scope("s", epsilon=1.0, delta=1e-6, k=18, q=0.01, queries=300, records=10_000)
     assert status.sigma == calibrate_sigma(k=18, q=0.01, queries=300, epsilon=1.0, delta=1e-6)
     assert status.queries_remaining >= 300 and status.records == 10_000
@@ -197,10 +197,10 @@ CREATE_ERRORS = [
 
 
 @pytest.mark.parametrize("override,message", CREATE_ERRORS, ids=[m[:40] for _, m in CREATE_ERRORS])
-def test_create_scope_refuses_bad_input(ledger_path, override, message):
+def test_create_scope_refuses_bad_input(location, override, message):
     params = {"name": "s", "epsilon": 1.0, "delta": 1e-6, "mechanism": MECH} | override
     name = params.pop("name")
-    with Ledger(ledger_path) as book:
+    with Ledger(location) as book:
         with pytest.raises(AccountantInputError, match=message):
             book.create_scope(name, **params)
         assert book.scopes() == []
@@ -241,12 +241,12 @@ def test_charge_input_errors_record_nothing(ledger, call, message):
     assert ledger.status("a").queries_charged == 0
 
 
-def test_missing_ledger_fails_closed_and_is_not_created(tmp_path):
-    path = tmp_path / "absent.sqlite"
+def test_missing_ledger_fails_closed_and_is_not_created(backend):
+    absent = backend.new("absent")
     for kwargs in ({"create": False}, {"create": True, "read_only": True}):
         with pytest.raises(LedgerUnavailable, match=r"no ledger at .*\(fail closed\)"):
-            Ledger(path, **kwargs)
-        assert not path.exists()
+            Ledger(absent, **kwargs)
+        assert not backend.exists(absent)
 
 
 def test_new_ledger_in_missing_directory_is_an_input_error(tmp_path):
@@ -254,35 +254,36 @@ def test_new_ledger_in_missing_directory_is_an_input_error(tmp_path):
         Ledger(tmp_path / "no" / "budget.sqlite")
 
 
-def test_read_only_opening_reads_and_refuses_writes(ledger, ledger_path):
+def test_read_only_opening_reads_and_refuses_writes(ledger, location, backend):
     ledger.charge("a")
-    with Ledger(ledger_path, read_only=True) as view:
+    with Ledger(location, read_only=True) as view:
         assert view.status("a").queries_charged == 1
         assert view.verify().ok
         with pytest.raises(AccountantInputError, match="opened read-only"):
             view.charge("a")
-    assert oct(os.stat(ledger_path).st_mode & 0o777) == "0o600"
+    if backend.name == "sqlite":
+        assert oct(os.stat(location).st_mode & 0o777) == "0o600"
 
 
-def test_closed_ledger_refuses(ledger_path):
-    book = Ledger(ledger_path)
+def test_closed_ledger_refuses(location):
+    book = Ledger(location)
     book.close()
     with pytest.raises(LedgerUnavailable, match="was closed"):
         book.scopes()
 
 
-def test_running_vector_is_count_times_per_query_vector(ledger, ledger_path):
+def test_running_vector_is_count_times_per_query_vector(ledger, location):
 
     from accountant import event_rdp
 
     for _ in range(3):
         ledger.charge("a")
-    blob = raw(ledger_path).execute("SELECT rdp FROM spend WHERE scope='a'").fetchone()[0]
+    blob = raw(location).execute("SELECT rdp FROM spend WHERE scope='a'").fetchone()[0]
     stored = np.frombuffer(blob, dtype="<f8")
     np.testing.assert_array_equal(stored, 3 * event_rdp(MECH.dp_event()))
 
 
-def test_ledger_is_reopened_after_fork(ledger, ledger_path):
+def test_ledger_is_reopened_after_fork(ledger, location, backend):
     """A Ledger created before fork works in the child (fresh connection) and in the parent afterwards."""
     ledger.charge("a")
     pid = os.fork()
@@ -297,4 +298,4 @@ def test_ledger_is_reopened_after_fork(ledger, ledger_path):
     assert os.waitstatus_to_exitcode(status) == 0
     ledger.charge("a", caller="parent")
     assert [r.caller for r in ledger.history("a")] == [None, "child", "parent"]
-    assert Path(ledger_path).exists() and ledger.verify().ok
+    assert backend.exists(location) and ledger.verify().ok

@@ -6,8 +6,6 @@ Examples are bounded (each new mechanism costs one ~30 ms dp-accounting compose;
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from accountant_testlib import DELTA, N, filter_epsilon_for
 from hypothesis import given, settings
@@ -69,9 +67,9 @@ def test_calibrated_sigma_never_overshoots_and_is_tight(k, q, queries, epsilon, 
 
 @settings(max_examples=10)
 @given(n=st.integers(min_value=1, max_value=30), z=zs, q=qs)
-def test_n_single_charges_equal_one_charge_of_count_n(tmp_path_factory, n, z, q):
+def test_n_single_charges_equal_one_charge_of_count_n(backend, n, z, q):
     m = mech(8, q, z)
-    path = Path(tmp_path_factory.mktemp("h")) / "budget.sqlite"
+    path = backend.new("h")
     with Ledger(path) as book:
         budget = epsilon_for(m, queries=100, delta=DELTA)
         book.create_scope("single", epsilon=budget, delta=DELTA, mechanism=m, records=N)
@@ -87,10 +85,10 @@ def test_n_single_charges_equal_one_charge_of_count_n(tmp_path_factory, n, z, q)
 
 @settings(max_examples=10)
 @given(fit=st.integers(min_value=1, max_value=12), asks=st.lists(st.integers(1, 5), min_size=1, max_size=12))
-def test_refusal_is_monotone(tmp_path_factory, fit, asks):
+def test_refusal_is_monotone(backend, fit, asks):
     """Once a charge of size c is refused, every later charge of size >= c is refused too."""
     m = Mechanism(k=18, q=0.01, sigma=0.2)
-    path = Path(tmp_path_factory.mktemp("r")) / "budget.sqlite"
+    path = backend.new("r")
     refused_at = None
     with Ledger(path) as book:
         book.create_scope(

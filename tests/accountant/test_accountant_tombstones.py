@@ -16,8 +16,8 @@ def _fits_with(carried: float, queries: int, order: float, epsilon: float) -> bo
     return rdp.compute_epsilon([order], [carried + queries * c], DELTA)[0] <= epsilon
 
 
-def test_retire_then_admit_into_another_scope_carries_the_loss(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_retire_then_admit_into_another_scope_carries_the_loss(location):
+    with Ledger(location) as book:
         book.create_scope("old", epsilon=budget_for(40), delta=DELTA, mechanism=MECH, records=N)
         book.charge("old", count=15)
         spent = book.status("old")
@@ -39,12 +39,12 @@ def test_retire_then_admit_into_another_scope_carries_the_loss(ledger_path):
         book.charge("new", count=m)
         with pytest.raises(BudgetExceeded):
             book.charge("new")
-    with Ledger(ledger_path, create=False) as book:  # the admission log replays W exactly
+    with Ledger(location, create=False) as book:  # the admission log replays W exactly
         assert book.verify().ok and book.status("new").rdp_carried == new.rdp_carried
 
 
-def test_admit_into_an_existing_scope_and_exhaustion(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_admit_into_an_existing_scope_and_exhaustion(location):
+    with Ledger(location) as book:
         book.create_scope("big", epsilon=budget_for(200), delta=DELTA, mechanism=MECH, records=N)
         book.create_scope("small", epsilon=budget_for(5), delta=DELTA, mechanism=MECH, records=N)
         book.charge("big", count=150)
@@ -61,8 +61,8 @@ def test_admit_into_an_existing_scope_and_exhaustion(ledger_path):
         assert book.verify().ok
 
 
-def test_tombstones_only_grow(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_tombstones_only_grow(location):
+    with Ledger(location) as book:
         book.create_scope("a", epsilon=budget_for(100), delta=DELTA, mechanism=MECH, records=N)
         book.create_scope("b", epsilon=budget_for(100), delta=DELTA, mechanism=MECH, records=N)
         book.charge("a", count=20)
@@ -76,18 +76,18 @@ def test_tombstones_only_grow(ledger_path):
         )
 
 
-def test_tampered_carried_vector_is_refused(ledger_path):
-    with Ledger(ledger_path) as book:
+def test_tampered_carried_vector_is_refused(location):
+    with Ledger(location) as book:
         book.create_scope("a", epsilon=budget_for(100), delta=DELTA, mechanism=MECH, records=N)
         book.charge("a", count=20)
         book.retire("a", [1])
         book.create_scope("b", epsilon=budget_for(100), delta=DELTA, mechanism=MECH, records=N, members=[1])
-    conn = raw(ledger_path)
+    conn = raw(location)
     zeros = vector_to_blob(np.zeros(len(DEFAULT_ORDERS)))
     conn.execute("UPDATE spend SET carried = ?, rdp = ? WHERE scope = 'b'", (zeros, zeros))
     conn.close()
     with pytest.raises(LedgerUnavailable, match="scope 'b' is inconsistent"):
-        Ledger(ledger_path, create=False)
+        Ledger(location, create=False)
 
 
 def test_on_grid_bounds_by_the_next_larger_order():
