@@ -32,9 +32,10 @@ _INDEX = typer.Option(
 IndexOption = Annotated[Path, _INDEX]
 OptionalIndexOption = Annotated[Path | None, _INDEX]
 LedgerOption = Annotated[
-    Path | None,
-    typer.Option("--ledger", metavar="PATH", show_default=False,
-                 help=f"Budget ledger file (default: INDEX/{LEDGER_NAME})."),
+    str | None,
+    typer.Option("--ledger", metavar="PATH|URL", show_default=False,
+                 help=f"Budget ledger: a file, or postgresql://USER@HOST/DB[?schema=NAME] with the 'scale' extra "
+                      f"(default: the index's one ledger, INDEX/{LEDGER_NAME})."),
 ]  # fmt: skip
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 ThreadsOption = Annotated[

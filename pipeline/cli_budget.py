@@ -297,7 +297,7 @@ def init(
             book.discard()  # removes the file only if this call created it
             raise
     statuses = {status.scope: status.to_dict() for status in created}
-    location = str(book.path)
+    location = book.location
     book.close()
     for name in skipped:
         typer.echo(f"Warning: shard '{name}' is empty (all its images are stored in other shards); no scope created", err=True)
@@ -309,7 +309,7 @@ def init(
 def show(index: OptionalIndexOption = None, ledger: LedgerOption = None, json_mode: JsonOption = False) -> None:
     """Epsilon spent, budget and exact queries remaining of every scope (read-only)."""
     with _open_read_only(index, ledger) as book:
-        path, scopes = book.path, {name: book.status(name).to_dict() for name in book.scopes()}
+        path, scopes = book.location, {name: book.status(name).to_dict() for name in book.scopes()}
     emit({"ledger": str(path), "scopes": scopes}, json_mode=json_mode, human=_ledger_human)
 
 
@@ -336,7 +336,7 @@ def history(
 ) -> None:
     """The append-only charge log, oldest first (read-only); times are ISO-8601 UTC in the table and the JSON."""
     with _open_read_only(index, ledger) as book:
-        path = book.path
+        path = book.location
         if scope is not None and scope not in book.scopes():
             raise PipelineInputError(f"scope '{scope}' is not in ledger {path}; see 'dprdm budget show'")
         charges = [_iso_times(c.to_dict()) for c in book.history(scope)]

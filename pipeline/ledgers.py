@@ -41,23 +41,39 @@ if TYPE_CHECKING:
 __all__ = ["bound_ledger_path", "index_ledger", "membership_hook", "require_own_ledger"]
 
 
-def bound_ledger_path(index: PrivateIndex) -> Path | None:
-    """Where the index's bound ledger lives (None when the index has no binding)."""
+Location = Path | str  # a ledger file, or a postgresql:// URL (accountant's PostgreSQL backend)
+
+
+def _location(value: str | os.PathLike[str]) -> Location:
+    """A ledger location given by a user: a ``postgresql://`` URL as is, a path with ``~`` expanded."""
+    from accountant.backends import is_postgres_url
+
+    return value if is_postgres_url(value) else expand_user(value)
+
+
+def bound_ledger_path(index: PrivateIndex) -> Location | None:
+    """Where the index's bound ledger lives: a path, a URL (without password), or None when unbound."""
     binding = index.ledger_binding
     if binding is None:
         return None
-    location = binding["location"]
-    if "://" in location:
-        raise PrivacyRefusal(
-            f"index '{index.path}' is bound to a ledger at {location}; this dprdm has no backend for that URL "
-            "scheme; install the extra that provides it"
-        )
-    path = Path(location)
-    return path if path.is_absolute() else index.path / path
+    location = _location(binding["location"])
+    return location if isinstance(location, str) or location.is_absolute() else index.path / location
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_file(a: Location, b: Location) -> bool:
+    """Whether two locations name the same ledger (URLs compared without their passwords)."""
+    if isinstance(a, str) or isinstance(b, str):
+        if not (isinstance(a, str) and isinstance(b, str)):
+            return False
+        from accountant.backends.postgres import public_url
+
+        return public_url(a) == public_url(b)
     return a.absolute().resolve() == b.absolute().resolve()
+
+
+def _exists(location: Location) -> bool:
+    """A file must exist; a database ledger is checked by opening it (a missing one is refused there)."""
+    return True if isinstance(location, str) else location.exists()
 
 
 def index_ledger(
@@ -86,12 +102,12 @@ def index_ledger(
     """
     from accountant import Ledger
 
-    requested = None if ledger is None else expand_user(ledger)
+    requested = None if ledger is None else _location(ledger)
     bound = bound_ledger_path(index)
     if bound is None:
         default = index.path / LEDGER_NAME
         path = requested or default
-        if not path.exists() and not create:
+        if not _exists(path) and not create:
             raise PrivacyRefusal(
                 f"index '{index.path}' has no budget ledger; create its one ledger with "
                 f"'dprdm budget init --index {index.path}'"
@@ -101,7 +117,7 @@ def index_ledger(
                 f"index '{index.path}' uses the ledger {default}; {path} is another ledger; an index has exactly "
                 "one ledger and only that one is charged"
             )
-        if path.exists() and not _same_file(path, default) and not create:
+        if _exists(path) and not _same_file(path, default) and not create:
             raise PrivacyRefusal(
                 f"index '{index.path}' is not bound to ledger {path}; only 'dprdm budget init --index DIR "
                 "--ledger PATH' binds an index to a ledger outside its folder"
@@ -118,14 +134,17 @@ def index_ledger(
         return book
     binding = index.ledger_binding
     path = bound
-    if requested is not None and not _same_file(requested, bound):
-        if not requested.exists() or bound.exists():
+    moved = False
+    if requested is not None and _same_file(requested, bound):
+        path = requested  # the same ledger; a URL given with its password (the binding stores none)
+    elif requested is not None:
+        if not _exists(requested) or _exists(bound):
             raise PrivacyRefusal(
                 f"index '{index.path}' is bound to ledger {binding['id']} at {bound}; {requested} is another "
                 "ledger; an index has exactly one ledger and only that one is charged"
             )
-        path = requested  # the bound file is gone: accepted only if this IS the bound ledger (same id), moved
-    if not path.exists():
+        path, moved = requested, True  # the bound file is gone: accepted only if it IS the bound ledger (same id)
+    if not _exists(path):
         raise PrivacyRefusal(
             f"the ledger of index '{index.path}' (id {binding['id']}) is missing at {path}; every query is refused; "
             "restore that ledger from a backup (a new ledger would reset spent budgets, so none is created)"
@@ -137,7 +156,7 @@ def index_ledger(
             f"ledger {path} (id {book.ledger_id}) is not the ledger of index '{index.path}' (id {binding['id']}, "
             f"at {binding['location']}); an index has exactly one ledger: use it, or restore it from a backup"
         )
-    if path is not bound and not read_only and not index.mmap:
+    if moved and not read_only and not index.mmap:
         index.bind_ledger(book.ledger_id, book.location)  # the same ledger moved: record its new location
     return book
 
@@ -153,16 +172,16 @@ def require_own_ledger(index: PrivateIndex, ledger: Ledger) -> None:
     """
     binding = index.ledger_binding
     if binding is None:
-        if _same_file(ledger.path, index.path / LEDGER_NAME):
+        if ledger.path is not None and _same_file(ledger.path, index.path / LEDGER_NAME):
             _adopt(index, ledger)
             return
         raise PrivacyRefusal(
-            f"index '{index.path}' has no bound ledger and {ledger.path} is not its own; create the index's ledger "
+            f"index '{index.path}' has no bound ledger and {ledger.location} is not its own; create the index's ledger "
             f"with 'dprdm budget init --index {index.path}'"
         )
     if ledger.ledger_id != binding["id"]:
         raise PrivacyRefusal(
-            f"ledger {ledger.path} (id {ledger.ledger_id}) is not the ledger of index '{index.path}' "
+            f"ledger {ledger.location} (id {ledger.ledger_id}) is not the ledger of index '{index.path}' "
             f"(id {binding['id']}); a query over an index can only charge that index's own ledger"
         )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline._files import default_ledger, expand_user
+from pipeline._files import expand_user
 from pipeline.errors import PipelineInputError
 
 __all__ = ["scope_and_embeddings"]
@@ -35,8 +35,8 @@ def scope_and_embeddings(index_dir: str | Path, shard: str | None) -> tuple[dict
         PipelineInputError: no such directory, several shards and none named, unknown shard.
         IndexStoreError, AccountantError: unreadable index or ledger (their own exit codes).
     """
-    from accountant import Ledger
     from index import PrivateIndex
+    from pipeline.ledgers import index_ledger
 
     directory = expand_user(index_dir)
     if not directory.is_dir():
@@ -53,7 +53,7 @@ def scope_and_embeddings(index_dir: str | Path, shard: str | None) -> tuple[dict
         raise PipelineInputError(
             f"unknown shard {shard!r}; the index has {names}; pass one of them with --shard"
         )
-    with Ledger(default_ledger(directory), create=False, read_only=True) as ledger:
+    with index_ledger(index, read_only=True) as ledger:  # the index's one ledger, id checked, never written
         status = ledger.status(shard)
     scope = {
         "k": int(status.k),
