@@ -201,7 +201,8 @@ class DPFineTuner:
             images: (n, 1, H, W) float in [-1, 1] at the decoder's image size.
             embeddings: (n, d) unit condition rows (the index encoder's embeddings of the same images); None =
                 embed ``images`` with the tuner's encoder.
-            noise_multiplier: z; Gaussian noise std z * C per step.
+            noise_multiplier: z; Gaussian noise std z * C per step (0 = no noise: the NON-private paragon of the
+                benchmark; :func:`finetune` never passes 0, a training event needs z > 0).
             condition_sigma: retrieval-level noise of the condition (the scope's sigma).
             delta: delta for the reported Opacus epsilon.
             seed: seeds sampling, noise and diffusion randomness (TESTS ONLY; None = OS CSPRNG seeds).
@@ -232,7 +233,8 @@ class DPFineTuner:
                 f"training data must be images (n, 1, {size}, {size}) and embeddings (n, {dim}); found "
                 f"{tuple(images.shape)} and {tuple(embeddings.shape)}; use the index's encoder"
             )
-        check_positive("noise multiplier", noise_multiplier, "--sigma 1.0")
+        if not (isinstance(noise_multiplier, int | float) and math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+            raise PipelineInputError(f"noise multiplier must be a finite number >= 0; found {noise_multiplier!r}")
         if not (isinstance(condition_sigma, int | float) and math.isfinite(condition_sigma) and condition_sigma >= 0):
             raise PipelineInputError(f"condition sigma must be a finite number >= 0; found {condition_sigma!r}")
         n = len(images)
@@ -302,7 +304,7 @@ class DPFineTuner:
                  if name in set(selection.parameters)}
         decoder = type(self.decoder)(unet, self.decoder.scheduler)
         return TrainingOutcome(decoder=decoder, state=state, selection=selection, steps=done[0],
-                               opacus_epsilon=float(opacus_accountant.get_epsilon(delta)) if done[0] else 0.0,
+                               opacus_epsilon=_opacus_epsilon(opacus_accountant, delta, noise_multiplier, done[0]),
                                delta=float(delta))
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -311,6 +313,17 @@ class DPFineTuner:
         pil = [Image.fromarray(((x[0].clamp(-1, 1) + 1) * 127.5).round().byte().numpy(), mode="L").convert("RGB")
                for x in images]
         return torch.as_tensor(self.encoder.encode_images(pil), dtype=torch.float32)
+
+
+def _opacus_epsilon(accountant, delta: float, noise_multiplier: float, steps: int) -> float:
+    """Opacus RDP epsilon of the steps taken (inf without noise, 0 without steps); its order-range notes silenced."""
+    if steps == 0:
+        return 0.0
+    if noise_multiplier == 0:
+        return math.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(accountant.get_epsilon(delta))
 
 
 def _training_scheduler(decoder):
