@@ -205,3 +205,15 @@ def test_unsupported_decoder_refused() -> None:
 
     with pytest.raises(PipelineInputError, match="cannot be fine-tuned"):
         DPFineTuner(Other())
+
+
+def test_training_prints_and_logs_nothing(decoder: TinyDecoder, caplog: pytest.LogCaptureFixture,
+                                          capfd: pytest.CaptureFixture) -> None:
+    """No per-sample norm, gradient, batch composition or loss leaves the run through stdout, stderr or logging."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    _fit(decoder, steps=2)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert not [r for r in caplog.records if r.name.startswith(("pipeline", "opacus"))]
