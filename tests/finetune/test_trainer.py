@@ -217,3 +217,12 @@ def test_training_prints_and_logs_nothing(decoder: TinyDecoder, caplog: pytest.L
     out, err = capfd.readouterr()
     assert out == "" and err == ""
     assert not [r for r in caplog.records if r.name.startswith(("pipeline", "opacus"))]
+
+
+def test_encoder_embeds_images_when_no_embeddings_given(decoder: TinyDecoder, shared_index) -> None:
+    images, _ = _data(decoder.embedding_dim, decoder.image_size, n=40)
+    tuner = DPFineTuner(decoder, shared_index.load_encoder(num_threads=1), batch_size=4, steps=1)
+    out = tuner.fit(images, noise_multiplier=1.0, condition_sigma=0.1, delta=1e-5, seed=0)
+    assert out.steps == 1
+    with pytest.raises(PipelineInputError, match="needs embeddings or an encoder"):
+        DPFineTuner(decoder, batch_size=4, steps=1).fit(images, noise_multiplier=1.0, condition_sigma=0.1, delta=1e-5)
