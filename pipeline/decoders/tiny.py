@@ -70,6 +70,16 @@ class TinyDecoder(WeightsIdentity):
         self.unet.save_pretrained(Path(path) / "unet", safe_serialization=True)
         self.scheduler.save_pretrained(Path(path) / "scheduler")
 
+    def load_adapter(self, path: str | Path) -> TinyDecoder:
+        """A new decoder with the DP fine-tuning adapter at ``path`` applied (this one is unchanged).
+
+        Raises:
+            PipelineInputError: not an adapter, damaged, or trained for another base decoder.
+        """
+        from pipeline.finetune import load_adapter
+
+        return load_adapter(self, path)
+
     @property
     def condition_dim(self) -> int:
         """Width of the condition vectors (the UNet's class-projection input)."""
