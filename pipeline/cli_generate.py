@@ -63,6 +63,8 @@ def generate(
     public_embeddings: Annotated[Path | None, typer.Option("--public-embeddings", metavar="FILE.npy", help="Stable unCLIP / Kandinsky: "
                                                                          "PUBLIC image embeddings to estimate the embedding norm from.",
                                                                          show_default=False)] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", metavar="DIR", help="Adapter from 'dprdm finetune' applied to the "
+                                                 "decoder (checked against its base decoder before any charge).", show_default=False)] = None,
     threads: ThreadsOption = None,
     json_mode: JsonOption = False,
 ) -> None:
@@ -72,12 +74,12 @@ def generate(
     knobs = {"noise_level": noise_level, "embedding_norm": embedding_norm, "embedding_scaling": embedding_scaling,
              "public_embeddings": public_embeddings}
     payload = _run(prompt, index_dir, shard, image, n_images, lambda_, steps, guidance, out, ledger_path,
-                   decoder_dir, seed, threads, knobs)
+                   decoder_dir, seed, threads, knobs, adapter)
     emit(payload, json_mode=json_mode, human=_human)
 
 
 def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidance, out, ledger_path, decoder_dir,
-         seed, threads, knobs) -> dict[str, Any]:
+         seed, threads, knobs, adapter) -> dict[str, Any]:
     """Open everything, run one charged query and write the outputs (only after the charge committed)."""
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -90,8 +92,8 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
     query_image = _open_image(image_path) if image_path is not None else None
     _check_out(out)
     pipe = DPRDMPipeline.from_index_dir(index_dir, ledger=ledger_path, decoder=decoder_dir, shards=shards or None,
-                                        threads=threads, decoder_options=knobs)
-    if decoder_dir is None:
+                                        threads=threads, decoder_options=knobs, adapter=adapter)
+    if decoder_dir is None and adapter is None:
         _warn_if_far_from_bundled(pipe.encoder, prompt, query_image)
     torch_generator = None if seed is None else torch.Generator().manual_seed(seed)
     try:

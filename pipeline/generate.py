@@ -181,6 +181,7 @@ class DPRDMPipeline:
         shards: Sequence[str] | None = None,
         threads: int | None = None,
         decoder_options: dict[str, Any] | None = None,
+        adapter: str | os.PathLike[str] | None = None,
     ) -> DPRDMPipeline:
         """Open an index, its ledger, its encoder and a decoder, checking everything that can refuse a query.
 
@@ -198,6 +199,8 @@ class DPRDMPipeline:
             threads (`int`, *optional*): torch threads of the encoder.
             decoder_options (`dict`, *optional*): the decoder family's knobs (e.g. ``noise_level``), passed to
                 :func:`pipeline.decoders.load_decoder`.
+            adapter (`str | os.PathLike`, *optional*): a ``dprdm finetune`` adapter folder applied to the decoder
+                (refused, before any charge, when it was trained for another base decoder).
 
         Returns:
             `DPRDMPipeline`
@@ -221,6 +224,10 @@ class DPRDMPipeline:
             # the decoder's width is read from its config and checked before any model is loaded or charged
             _check_widths(describe_decoder(decoder).condition_dim, "decoder condition width", retriever.dim)
             decoder = load_decoder(decoder, **(decoder_options or {}))
+        if adapter is not None:  # a DP fine-tuned adapter (pipeline.finetune); its base-decoder hash is checked
+            from pipeline.finetune import load_adapter
+
+            decoder = load_adapter(decoder, expand_user(adapter))
         encoder = index.load_encoder(num_threads=threads)
         return cls(retriever, encoder, decoder)
 

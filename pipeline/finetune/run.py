@@ -113,7 +113,7 @@ def finetune(
     optimizer: str = "adamw",
     lora_rank: int = 4,
     caller: str | None = None,
-    seed: int | None = None,
+    _seed: int | None = None,
 ) -> FineTuneResult:
     """DP-fine-tune ``decoder`` on the current records of ``shard``, charged to the shard's scope first.
 
@@ -129,7 +129,7 @@ def finetune(
         trainable, max_grad_norm, lr, batch_size, physical_batch_size, epochs, steps, optimizer, lora_rank:
             see :class:`DPFineTuner`.
         caller: label recorded with the charge.
-        seed: seeds every random draw (TESTS ONLY: a known seed voids the guarantee).
+        _seed: TEST HOOK ONLY, not part of the API: seeds every random draw (a known seed voids the guarantee).
 
     Returns:
         A :class:`FineTuneResult`.
@@ -182,6 +182,9 @@ def finetune(
          if noise_multiplier is None else float(noise_multiplier))
     event = accounting.training_event(sample_rate=q, noise_multiplier=z, steps=num_steps)
     eps_alone = accounting.training_epsilon(event, status.delta)
+    from pipeline.ledgers import require_own_ledger
+
+    require_own_ledger(index, ledger)  # a training over an index charges only that index's own ledger (exit 3)
     if not accounting.training_fits(ledger, shard, event, records=records.shard_records):
         raise BudgetExceeded(
             f"scope '{shard}' cannot afford this training (epsilon {eps_alone:.4g} alone at delta={status.delta:g}, "
@@ -198,7 +201,7 @@ def finetune(
     start = time.perf_counter()
     try:
         outcome = tuner.fit(images, records.embeddings, noise_multiplier=z, condition_sigma=float(status.sigma),
-                            delta=status.delta, seed=seed)
+                            delta=status.delta, _seed=_seed)
     except Exception as err:
         raise TrainingFailed(
             f"training failed after its charge was committed (receipt {_receipt_id(receipt)}; the charge stays): "

@@ -193,7 +193,7 @@ class DPFineTuner:
         noise_multiplier: float,
         condition_sigma: float,
         delta: float,
-        seed: int | None = None,
+        _seed: int | None = None,
     ) -> TrainingOutcome:
         """Run DP-SGD on ``images`` (the caller has already charged the event of this run).
 
@@ -205,7 +205,8 @@ class DPFineTuner:
                 benchmark; :func:`finetune` never passes 0, a training event needs z > 0).
             condition_sigma: retrieval-level noise of the condition (the scope's sigma).
             delta: delta for the reported Opacus epsilon.
-            seed: seeds sampling, noise and diffusion randomness (TESTS ONLY; None = OS CSPRNG seeds).
+            _seed: TEST HOOK ONLY, not part of the API: seeds sampling, noise and diffusion randomness (None =
+                OS CSPRNG seeds; a known seed voids the guarantee).
 
         Returns:
             A :class:`TrainingOutcome`.
@@ -248,10 +249,10 @@ class DPFineTuner:
         model = prepare_module(unet, self.grad_sample_mode, loss_reduction="mean")
 
         # 3. randomness: OS-seeded unless a test passes a seed
-        if seed is None:
+        if _seed is None:
             sample_gen, noise_gen, train_gen = _secure_generator(), _secure_generator(), _secure_generator()
         else:
-            sample_gen, noise_gen, train_gen = (torch.Generator().manual_seed(seed + i) for i in range(3))
+            sample_gen, noise_gen, train_gen = (torch.Generator().manual_seed(_seed + i) for i in range(3))
 
         # 4. Opacus parts: Poisson sampler, DP optimizer, RDP accountant (cross-check only)
         base = (torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0) if self.optimizer is Optimizer.ADAMW

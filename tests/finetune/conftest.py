@@ -34,18 +34,19 @@ def corpus(tmp_path: Path, corpus_index: Path) -> Path:
     return target
 
 
-@pytest.fixture(scope="session")
-def shared_index(corpus_index: Path) -> PrivateIndex:
-    """The pristine index, opened once (read-only use)."""
-    return PrivateIndex.open(corpus_index / "index")
+@pytest.fixture()
+def shared_index(tmp_path: Path, corpus_index: Path) -> PrivateIndex:
+    """A per-test copy of the pristine index (an index binds its one ledger, so tests never share one)."""
+    return PrivateIndex.open(shutil.copytree(corpus_index / "index", tmp_path / "index"))
 
 
 @pytest.fixture(scope="session")
-def decoder_dir(tmp_path_factory: pytest.TempPathFactory, shared_index: PrivateIndex) -> Path:
+def decoder_dir(tmp_path_factory: pytest.TempPathFactory, corpus_index: Path) -> Path:
     from diffusers import DDIMScheduler
 
+    dim = PrivateIndex.open(corpus_index / "index").dim
     folder = tmp_path_factory.mktemp("decoder") / "tiny"
-    TinyDecoder(tiny_unet(shared_index.dim), DDIMScheduler(num_train_timesteps=50)).save_pretrained(folder)
+    TinyDecoder(tiny_unet(dim), DDIMScheduler(num_train_timesteps=50)).save_pretrained(folder)
     return folder
 
 
@@ -55,8 +56,8 @@ def decoder(decoder_dir: Path) -> TinyDecoder:
 
 
 @pytest.fixture()
-def ledger(tmp_path: Path) -> Ledger:
-    """A ledger with scope 'default' (epsilon 20, delta 1e-5, the demo-like query mechanism)."""
-    ledger = Ledger(tmp_path / "budget.sqlite")
+def ledger(shared_index: PrivateIndex) -> Ledger:
+    """The index copy's own ledger with scope 'default' (epsilon 20, delta 1e-5, the demo-like query mechanism)."""
+    ledger = Ledger(shared_index.path / "budget.sqlite")
     ledger.create_scope("default", epsilon=20.0, delta=1e-5, k=10, q=0.5, sigma=0.3, records=200)
     return ledger

@@ -48,7 +48,7 @@ def test_trained_run_epsilon_matches_opacus_accountant(decoder) -> None:
     images = torch.rand(n, 1, 8, 8, generator=gen) * 2 - 1
     emb = torch.nn.functional.normalize(torch.randn(n, dim, generator=gen), dim=1)
     tuner = DPFineTuner(decoder, batch_size=10, physical_batch_size=16, steps=3)
-    out = tuner.fit(images, emb, noise_multiplier=0.9, condition_sigma=0.2, delta=DELTA, seed=0)
+    out = tuner.fit(images, emb, noise_multiplier=0.9, condition_sigma=0.2, delta=DELTA, _seed=0)
     ours = training_epsilon(training_event(sample_rate=10 / n, noise_multiplier=0.9, steps=3), DELTA)
     assert out.steps == 3
     assert abs(ours - out.opacus_epsilon) <= 0.02 * out.opacus_epsilon

@@ -23,7 +23,7 @@ def _train(decoder: TinyDecoder, mode: str = "attention"):
     images = torch.rand(n, 1, 8, 8, generator=gen) * 2 - 1
     emb = torch.nn.functional.normalize(torch.randn(n, dim, generator=gen), dim=1)
     tuner = DPFineTuner(decoder, trainable=mode, batch_size=6, physical_batch_size=4, steps=2, lr=1e-2)
-    return tuner.fit(images, emb, noise_multiplier=1.0, condition_sigma=0.2, delta=1e-5, seed=0)
+    return tuner.fit(images, emb, noise_multiplier=1.0, condition_sigma=0.2, delta=1e-5, _seed=0)
 
 
 def _manifest(decoder: TinyDecoder, outcome) -> dict:

@@ -20,11 +20,9 @@ from opacus.optimizers import DPOptimizer
 from accountant import Ledger
 from accountant.errors import AccountantInputError, BudgetExceeded
 from index import PrivateIndex
-from pipeline.errors import PipelineInputError, PrivacyRefusal
+from pipeline.errors import PipelineInputError
 from pipeline.finetune import TrainingFailed, finetune, read_manifest, training_epsilon, training_event
 
-NEW_LEDGER = hasattr(Ledger, "fits")
-needs_new_ledger = pytest.mark.skipif(not NEW_LEDGER, reason="needs the multi-event ledger (Ledger.fits, charge(event=))")
 FAST = {"steps": 2, "batch_size": 8, "physical_batch_size": 8}
 JSON_KEYS = {"epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "trainable_parameters",
              "total_parameters", "trainable", "records", "adapter", "receipt"}
@@ -99,16 +97,7 @@ def test_all_sources_gone_refused(corpus, decoder, ledger, tmp_path) -> None:
     assert _charges(ledger.path) == 0
 
 
-@pytest.mark.skipif(NEW_LEDGER, reason="the ledger now holds training events")
-def test_ledger_without_training_events_refuses(shared_index, decoder, ledger, tmp_path) -> None:
-    with pytest.raises(PrivacyRefusal, match="cannot hold a training event") as err:
-        finetune(shared_index, "default", ledger, tmp_path / "adapter", decoder=decoder, epsilon=3.0, **FAST)
-    assert err.value.exit_code == 3
-    assert _charges(ledger.path) == 0 and not (tmp_path / "adapter").exists()
-
-
 # -- with the multi-event ledger ------------------------------------------------------------------------------
-@needs_new_ledger
 def test_finetune_charges_once_and_writes_the_adapter(shared_index, decoder, ledger, tmp_path) -> None:
     result = finetune(shared_index, "default", ledger, tmp_path / "adapter", decoder=decoder, epsilon=3.0,
                       trainable="attention+conditioning", **FAST)
@@ -127,9 +116,8 @@ def test_finetune_charges_once_and_writes_the_adapter(shared_index, decoder, led
     assert decoder.load_adapter(result.adapter) is not None
 
 
-@needs_new_ledger
 def test_training_over_the_remaining_budget_refused(shared_index, decoder, tmp_path) -> None:
-    ledger = Ledger(tmp_path / "small.sqlite")
+    ledger = Ledger(shared_index.path / "budget.sqlite")
     ledger.create_scope("default", epsilon=1.0, delta=1e-5, k=10, q=0.5, sigma=1.0, records=200)
     ledger.charge("default")
     with pytest.raises(BudgetExceeded, match="cannot afford this training") as err:
@@ -138,7 +126,6 @@ def test_training_over_the_remaining_budget_refused(shared_index, decoder, tmp_p
     assert _charges(ledger.path) == 1 and not (tmp_path / "adapter").exists()
 
 
-@needs_new_ledger
 def test_charge_committed_before_first_step_and_kept_on_failure(shared_index, decoder, ledger, tmp_path,
                                                                  monkeypatch) -> None:
     seen = []
@@ -153,8 +140,7 @@ def test_charge_committed_before_first_step_and_kept_on_failure(shared_index, de
     assert seen == [1] and _charges(ledger.path) == 1 and not (tmp_path / "adapter").exists()
 
 
-@needs_new_ledger
-def test_killed_inside_training_the_charge_is_there(corpus_index, decoder_dir, ledger, tmp_path) -> None:
+def test_killed_inside_training_the_charge_is_there(shared_index, decoder_dir, ledger, tmp_path) -> None:
     script = textwrap.dedent(f"""
         import os, signal
         from opacus.optimizers import DPOptimizer
@@ -162,7 +148,7 @@ def test_killed_inside_training_the_charge_is_there(corpus_index, decoder_dir, l
         from pipeline.decoders import TinyDecoder
         from pipeline.finetune import finetune
         DPOptimizer.step = lambda self, closure=None: os.kill(os.getpid(), signal.SIGKILL)
-        finetune({str(corpus_index / 'index')!r}, "default", Ledger({str(ledger.path)!r}), {str(tmp_path / 'a')!r},
+        finetune({str(shared_index.path)!r}, "default", Ledger({str(ledger.path)!r}), {str(tmp_path / 'a')!r},
                  decoder=TinyDecoder.from_pretrained({str(decoder_dir)!r}), epsilon=3.0, steps=2, batch_size=8)
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), OMP_NUM_THREADS="1")
@@ -171,13 +157,12 @@ def test_killed_inside_training_the_charge_is_there(corpus_index, decoder_dir, l
     assert _charges(ledger.path) == 1 and not (tmp_path / "a").exists()
 
 
-@needs_new_ledger
 def test_query_after_finetune_refused_exactly_when_combined_epsilon_exceeds(shared_index, decoder, tmp_path) -> None:
     import dp_accounting as dpa
 
     from accountant.events import ADJACENCY
 
-    ledger = Ledger(tmp_path / "combo.sqlite")
+    ledger = Ledger(shared_index.path / "budget.sqlite")
     ledger.create_scope("default", epsilon=4.0, delta=1e-5, k=10, q=0.5, sigma=0.5, records=200)
     finetune(shared_index, "default", ledger, tmp_path / "adapter", decoder=decoder, epsilon=2.0, **FAST)
     status = ledger.status("default")

@@ -27,7 +27,7 @@ def _fit(decoder, *, steps=2, batch_size=8, physical=4, mode="attention", seed=1
     images, emb = _data(decoder.embedding_dim, decoder.image_size)
     tuner = DPFineTuner(decoder, trainable=mode, batch_size=batch_size, physical_batch_size=physical, steps=steps,
                         max_grad_norm=C, **kw)
-    return tuner.fit(images, emb, noise_multiplier=z, condition_sigma=0.3, delta=1e-5, seed=seed)
+    return tuner.fit(images, emb, noise_multiplier=z, condition_sigma=0.3, delta=1e-5, _seed=seed)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -222,7 +222,7 @@ def test_training_prints_and_logs_nothing(decoder: TinyDecoder, caplog: pytest.L
 def test_encoder_embeds_images_when_no_embeddings_given(decoder: TinyDecoder, shared_index) -> None:
     images, _ = _data(decoder.embedding_dim, decoder.image_size, n=40)
     tuner = DPFineTuner(decoder, shared_index.load_encoder(num_threads=1), batch_size=4, steps=1)
-    out = tuner.fit(images, noise_multiplier=1.0, condition_sigma=0.1, delta=1e-5, seed=0)
+    out = tuner.fit(images, noise_multiplier=1.0, condition_sigma=0.1, delta=1e-5, _seed=0)
     assert out.steps == 1
     with pytest.raises(PipelineInputError, match="needs embeddings or an encoder"):
         DPFineTuner(decoder, batch_size=4, steps=1).fit(images, noise_multiplier=1.0, condition_sigma=0.1, delta=1e-5)
