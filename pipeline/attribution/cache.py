@@ -33,6 +33,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def read_entry(path: str | os.PathLike) -> Features:
+    """The features stored in one cache file (whatever model they belong to)."""
+    with np.load(path, allow_pickle=False) as z:
+        sources = tuple(str(s) for s in z["sources"]) if "sources" in z.files else None
+        return Features(phi=z["phi"], method=str(z["method"]), timesteps=int(z["timesteps"]),
+                        projection_dim=int(z["projection_dim"]), seed=int(z["seed"]),
+                        model_hash=str(z["model_hash"]), ids=z["ids"], sources=sources,
+                        residual=z["residual"] if "residual" in z.files else None)
+
+
 class FeatureCache:
     """Features of one model's training set, cached under ``root``.
 
@@ -54,12 +64,7 @@ class FeatureCache:
         return sorted(self.root.glob("*.npz"))
 
     def _read(self, path: Path) -> Features:
-        with np.load(path, allow_pickle=False) as z:
-            sources = tuple(str(s) for s in z["sources"]) if "sources" in z.files else None
-            return Features(phi=z["phi"], method=str(z["method"]), timesteps=int(z["timesteps"]),
-                            projection_dim=int(z["projection_dim"]), seed=int(z["seed"]),
-                            model_hash=str(z["model_hash"]), ids=z["ids"], sources=sources,
-                            residual=z["residual"] if "residual" in z.files else None)
+        return read_entry(path)
 
     def get(self, method: str, timesteps: int, projection_dim: int, seed: int, *, ids=None) -> Features | None:
         """The cached features (rows in ``ids`` order if given), or None when absent, stale or missing a record.

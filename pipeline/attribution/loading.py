@@ -1,0 +1,98 @@
+"""Load the model to attribute: a decoder folder in the dprdm tiny format, optionally with a fine-tuned adapter.
+
+Adapters come from the fine-tuning extra (``pipeline.finetune``, issue 11). This module finds its loader at call
+time, so it works as soon as that package lands: ``pipeline.finetune.load_adapter(decoder, adapter_dir)`` if it
+exists (its return value replaces the decoder when it returns one), else ``decoder.load_adapter(adapter_dir)``.
+Attribution then differentiates the parameters with ``requires_grad`` (the adapter's, when the base is frozen).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from pipeline.errors import PipelineInputError
+
+ADAPTER_EXTRA = "pipeline.finetune"
+
+
+def _finetune_module():
+    """``pipeline.finetune``, or None when the fine-tuning extra is not installed."""
+    try:
+        return importlib.import_module(ADAPTER_EXTRA)
+    except ModuleNotFoundError as err:
+        if err.name in (ADAPTER_EXTRA, "pipeline"):
+            return None
+        raise
+
+
+def adapters_available() -> bool:
+    """True when the fine-tuning extra (``pipeline.finetune``) can be imported."""
+    return _finetune_module() is not None
+
+
+def check_adapter_support(adapter: str | os.PathLike | None) -> None:
+    """Refuse ``--adapter`` early (before loading anything) when the fine-tuning extra is missing.
+
+    Raises:
+        PipelineInputError: an adapter was given but ``pipeline.finetune`` does not exist, or the folder is missing.
+    """
+    if adapter is None:
+        return
+    if not adapters_available():
+        raise PipelineInputError(
+            "--adapter needs the fine-tuning extra (pipeline.finetune, 'dprdm finetune'), which this install lacks; "
+            "drop --adapter to attribute the decoder itself"
+        )
+    if not Path(adapter).expanduser().is_dir():
+        raise PipelineInputError(f"adapter folder '{adapter}' does not exist; pass a folder written by 'dprdm finetune'")
+
+
+def load_decoder_with_adapter(decoder: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None):
+    """The ``TinyDecoder`` at ``decoder`` (None = bundled), with ``adapter`` loaded into it.
+
+    Raises:
+        PipelineInputError: the folder is not a decoder in the dprdm tiny format (attribution needs its UNet and
+            training schedule), or the adapter cannot be loaded.
+    """
+    import index._torchvision_compat  # noqa: F401  (must run before diffusers imports torchvision)
+    from pipeline.decoders import DecoderFamily, TinyDecoder, describe_decoder
+
+    info = describe_decoder(decoder)
+    if info.family is not DecoderFamily.TINY:
+        raise PipelineInputError(
+            f"decoder folder {info.folder} is a {info.family.value} decoder; attribution supports the dprdm tiny "
+            "format (unet/ + scheduler/, from 'dprdm train decoder')"
+        )
+    check_adapter_support(adapter)
+    model = TinyDecoder.from_pretrained(info.folder)
+    if adapter is None:
+        return model
+    module = _finetune_module()
+    folder = Path(adapter).expanduser()
+    loader = getattr(module, "load_adapter", None)
+    if loader is not None:
+        loaded = loader(model, folder)
+        return loaded if loaded is not None else model
+    if hasattr(model, "load_adapter"):
+        loaded = model.load_adapter(folder)
+        return loaded if loaded is not None and hasattr(loaded, "unet") else model
+    raise PipelineInputError(
+        "the installed fine-tuning extra offers no adapter loader (pipeline.finetune.load_adapter or "
+        "TinyDecoder.load_adapter); update dprdm"
+    )
+
+
+def load_attribution_model(decoder: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None):
+    """``(AttributionModel, decoder)`` for ``decoder`` (None = bundled) with ``adapter`` (None = none)."""
+    from pipeline.attribution.model import AttributionModel
+
+    dec = load_decoder_with_adapter(decoder, adapter)
+    name = Path(decoder).name if decoder is not None else "bundled"
+    if adapter is not None:
+        name += f"+{Path(adapter).name}"
+    return AttributionModel.from_decoder(dec, name=name), dec
+
+
+__all__ = ["adapters_available", "check_adapter_support", "load_attribution_model", "load_decoder_with_adapter"]
