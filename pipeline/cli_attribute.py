@@ -253,7 +253,7 @@ def run(
                                      f"{idx.dim}-d embeddings; pass the decoder trained on this index's encoder")
         loaded = shard_records(idx, shard, image_size=model.image_size, neighbours=k_neighbours)
         encoder = idx.load_encoder(num_threads=threads)
-        cache_root = index_cache_root(idx.path, shard)
+        cache_root = index_cache_root(idx.path, shard)  # INDEX/attribution/SHARD, every level 0700
         source_label = f"shard '{shard}' of index {idx.path}"
     else:
         from index import load_encoder

@@ -269,6 +269,9 @@ def cache_dir(root: str | os.PathLike, model_hash: str, records: RecordSet, *, n
     from index.fs import make_private_dir
 
     base = Path(root).expanduser()
+    missing = [p for p in (base, *base.parents) if not p.exists()]
+    for folder in reversed(missing):  # every folder created here is owner-only, not just the last one
+        make_private_dir(folder)
     make_private_dir(base)
     prefix = f"{model_hash[:16]}-n{neighbours}-"
     target = base / f"{prefix}{set_digest(records)}"
@@ -311,7 +314,7 @@ def drop_cached_records(index_dir: str | os.PathLike, ids: Iterable[int], *, sha
             path.unlink(missing_ok=True)
         else:
             FeatureCache(path.parent, feats.model_hash).put(kept)
-    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+    for folder in sorted([root, *(p for p in root.rglob("*") if p.is_dir())], key=lambda p: -len(p.parts)):
         if not any(folder.iterdir()):
             folder.rmdir()
     return removed
