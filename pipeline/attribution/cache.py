@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,17 +19,10 @@ from pipeline.attribution.features import Features
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The project's one atomic write (``index.fs``), owner-only."""
+    from index.fs import atomic_write_bytes
+
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def read_entry(path: str | os.PathLike) -> Features:

@@ -56,7 +56,6 @@ def load_decoder_with_adapter(decoder: str | os.PathLike | None = None, adapter:
         PipelineInputError: the folder is not a decoder in the dprdm tiny format (attribution needs its UNet and
             training schedule), or the adapter cannot be loaded.
     """
-    import index._torchvision_compat  # noqa: F401  (must run before diffusers imports torchvision)
     from pipeline.decoders import DecoderFamily, TinyDecoder, describe_decoder
 
     info = describe_decoder(decoder)
