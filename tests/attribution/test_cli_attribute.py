@@ -8,8 +8,10 @@ K = 2 and P = 32: attribution quality is not under test here (tests/attribution/
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -20,8 +22,8 @@ import torch
 from typer.testing import CliRunner
 
 from index import PrivateIndex, build_index
+from pipeline.attribution import drop_cached_records, forget_hook
 from pipeline.attribution.cache import read_entry
-from pipeline.attribution.records import drop_cached_records, forget_hook
 from pipeline.cli import app
 from pipeline.data import load_mnist_split, to_pil
 
@@ -190,6 +192,16 @@ def test_records_whose_source_is_gone_are_skipped_and_reported(tmp_path: Path, d
     (skip,) = doc["training"]["skipped"]
     assert skip["source"] == str(gone) and "unreadable" in skip["reason"] and isinstance(skip["id"], int)
     assert all(r["source"] != str(gone) for r in doc["queries"][0]["top"])
+
+
+def test_the_forget_hook_loads_no_model_code_when_nothing_is_cached(tmp_path: Path) -> None:
+    """``index remove`` wraps its hook with ``forget_hook``: without a cache it must not import torch."""
+    code = (f"import sys\nfrom pipeline.attribution import forget_hook\nforget_hook({str(tmp_path)!r})('s', [1, 2])\n"
+            "print(','.join(m for m in ('torch', 'faiss', 'diffusers', 'open_clip') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                          timeout=120)  # fmt: skip
+    assert done.stdout.strip() == ""
 
 
 # ---------------------------------------------------------------------------------------------- help and errors
