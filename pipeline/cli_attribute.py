@@ -151,7 +151,8 @@ def _write_strips(result: Any, out: Path) -> list[str]:
     return paths
 
 
-def _cache_for(model: Any, train: Any, *, root: Path | None, neighbours: int) -> tuple[Any, dict[str, Any]]:
+def _cache_for(model: Any, train: Any, *, root: Path | None, neighbours: int,
+               prune: bool) -> tuple[Any, dict[str, Any]]:
     """The ``FeatureCache`` of this (model, set) under ``root`` (None = no cache), and its JSON description."""
     from pipeline.attribution import FeatureCache
     from pipeline.attribution.records import cache_dir
@@ -159,7 +160,7 @@ def _cache_for(model: Any, train: Any, *, root: Path | None, neighbours: int) ->
     if root is None:
         return None, {"path": None, "hit": False}
     try:
-        folder = cache_dir(root, model.model_hash, train, neighbours=neighbours)
+        folder = cache_dir(root, model.model_hash, train, neighbours=neighbours, prune=prune)
     except PermissionError as err:  # a read-only index: attribute without a cache
         return None, {"path": None, "hit": False, "note": f"not cached: {root} is not writable ({err.strerror})"}
     return FeatureCache(folder, model.model_hash), {"path": str(folder), "hit": False}
@@ -267,7 +268,8 @@ def run(
         source_label = str(Path(train).expanduser().resolve())
     queries = query_records(query, image_size=model.image_size, encoder=encoder)
 
-    feature_cache, cache_info = _cache_for(model, loaded.records, root=cache_root, neighbours=k_neighbours)
+    feature_cache, cache_info = _cache_for(model, loaded.records, root=cache_root, neighbours=k_neighbours,
+                                           prune=idx is not None)
     train_features = None
     if feature_cache is not None:
         train_features = feature_cache.get(base, timesteps, projection_dim, seed, ids=loaded.records.ids)

@@ -263,9 +263,12 @@ def set_digest(records: RecordSet) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_dir(root: str | os.PathLike, model_hash: str, records: RecordSet, *, neighbours: int) -> Path:
-    """``root/<model hash[:16]>-n<neighbours>-<set digest>``; older sets of the same model and neighbours under
-    ``root`` are deleted (their features are stale and may hold removed records). Folders are 0700."""
+def cache_dir(root: str | os.PathLike, model_hash: str, records: RecordSet, *, neighbours: int,
+              prune: bool = False) -> Path:
+    """``root/<model hash[:16]>-n<neighbours>-<set digest>``, every folder created 0700.
+
+    ``prune=True`` (one shard per ``root``): older sets of the same model and neighbours under ``root`` are deleted,
+    since their features are stale and may hold records removed since."""
     from index.fs import make_private_dir
 
     base = Path(root).expanduser()
@@ -275,7 +278,7 @@ def cache_dir(root: str | os.PathLike, model_hash: str, records: RecordSet, *, n
     make_private_dir(base)
     prefix = f"{model_hash[:16]}-n{neighbours}-"
     target = base / f"{prefix}{set_digest(records)}"
-    for old in base.glob(f"{prefix}*"):
+    for old in base.glob(f"{prefix}*") if prune else ():
         if old != target and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     return make_private_dir(target)

@@ -167,6 +167,19 @@ def test_attribute_against_an_index_shard_caches_under_the_index(index_dir: Path
     assert drop_cached_records(index_dir, [1, 2, 3], shard="other") == 0
 
 
+def test_a_changed_shard_replaces_its_cached_set(index_dir: Path, corpus: Path, decoder: Path,
+                                                 tmp_path: Path) -> None:
+    args = ["attribute", _query(corpus), "--index", index_dir, "--shard", "train", "--decoder", decoder, "--json",
+            *FAST]
+    first = _json(_invoke(*args))
+    PrivateIndex.open(index_dir).add(_write_digits(tmp_path / "more", labels=(3,), per_class=2), shard="train",
+                                     num_threads=1)
+    second = _json(_invoke(*args))
+    assert second["training"]["records"] == 20 and second["cache"]["hit"] is False
+    assert second["cache"]["path"] != first["cache"]["path"] and not Path(first["cache"]["path"]).exists()
+    assert _cache_rows(index_dir / "attribution") == 20
+
+
 def test_forget_hook_drops_rows_before_index_remove_commits(index_dir: Path, corpus: Path, decoder: Path) -> None:
     _json(_invoke("attribute", _query(corpus), "--index", index_dir, "--shard", "train", "--decoder", decoder,
                   "--json", *FAST))
@@ -192,6 +205,30 @@ def test_records_whose_source_is_gone_are_skipped_and_reported(tmp_path: Path, d
     (skip,) = doc["training"]["skipped"]
     assert skip["source"] == str(gone) and "unreadable" in skip["reason"] and isinstance(skip["id"], int)
     assert all(r["source"] != str(gone) for r in doc["queries"][0]["top"])
+
+
+def test_dataset_rows_are_read_back_and_a_gone_dataset_is_one_line(tmp_path: Path, decoder: Path) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = load_mnist_split().private_images[:8]
+    cells = []
+    for image in images:
+        buffer = io.BytesIO()
+        to_pil(image).save(buffer, format="PNG")
+        cells.append({"bytes": buffer.getvalue(), "path": None})
+    pq.write_table(pa.table({"image": cells}), tmp_path / "data.parquet")
+    to_pil(images[3]).save(tmp_path / "q.png")
+    build_index(tmp_path / "data.parquet", tmp_path / "index", shard="s", progress=False, num_threads=1)
+    args = ["attribute", tmp_path / "q.png", "--index", tmp_path / "index", "--shard", "s", "--decoder", decoder,
+            "--top", "3", *FAST]
+    doc = _json(_invoke(*args, "--json"))
+    assert doc["training"]["records"] == 8
+    assert f"{tmp_path / 'data.parquet'}#[3]" in [r["source"] for r in doc["queries"][0]["top"]]
+    (tmp_path / "data.parquet").unlink()
+    assert "none of the 8 records of shard 's'" in _one_error_line(_invoke(*args))
 
 
 def test_the_forget_hook_loads_no_model_code_when_nothing_is_cached(tmp_path: Path) -> None:
