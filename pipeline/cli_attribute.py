@@ -243,8 +243,9 @@ def run(
         idx = PrivateIndex.open(index)
         idx.shard(shard)  # an unknown shard: exit 2 before the models load
     from pipeline.attribution import attribute, featurize
+    from pipeline.attribution.forget import index_cache_root
     from pipeline.attribution.loading import load_attribution_model
-    from pipeline.attribution.records import folder_records, index_cache_root, query_records, shard_records
+    from pipeline.attribution.records import folder_records, query_records, shard_records
 
     model, dec = load_attribution_model(decoder, adapter)
     k_neighbours = neighbours if neighbours is not None else (0 if adapter is not None else 10)

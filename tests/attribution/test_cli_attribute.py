@@ -261,6 +261,7 @@ def test_help_says_owner_only() -> None:
         ([], "either --train SOURCE or --index"),
         (["--index", "{index}"], "--index needs --shard"),
         (["--train", "{corpus}", "--lambda", "0"], "--lambda must be > 0"),
+        (["--train", "{corpus}", "--top", "0"], "--top"),
     ],
 )
 def test_bad_inputs_are_one_line_exit_2(extra, needle, corpus: Path, index_dir: Path, tmp_path: Path) -> None:
@@ -274,6 +275,19 @@ def test_missing_query_and_not_an_index(corpus: Path, tmp_path: Path) -> None:
     assert "query" in line and "does not exist" in line
     line = _one_error_line(_invoke("attribute", _query(corpus), "--index", corpus, "--shard", "x", "--json"))
     assert json.loads(line)["error"]["message"]
+
+
+def test_a_shard_the_caller_cannot_read_is_refused_exit_3(index_dir: Path, corpus: Path, decoder: Path,
+                                                           monkeypatch) -> None:
+    from index.shard import Shard
+
+    def denied(self, positions):
+        raise PermissionError(13, "Permission denied", str(index_dir / "shards" / "x" / "embeddings.npy"))
+
+    monkeypatch.setattr(Shard, "rows", denied)
+    line = _one_error_line(_invoke("attribute", _query(corpus), "--index", index_dir, "--shard", "train",
+                                   "--decoder", decoder, *FAST), code=3)
+    assert "owner-only" in line and "Permission denied" in line
 
 
 def test_adapter_needs_the_finetuning_extra(corpus: Path, tmp_path: Path, monkeypatch) -> None:
@@ -308,7 +322,6 @@ def test_adapter_is_loaded_through_pipeline_finetune(corpus: Path, decoder: Path
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
-@pytest.mark.slow
 def test_evaluate_prints_lds_rows(corpus: Path, decoder: Path) -> None:
     args = ["attribute", "evaluate", "--train", corpus, "--decoder", decoder, "--val", "4", "--subsets", "4",
             "--seeds", "1", "--steps", "2", "--batch-size", "8", "--gt-timesteps", "4", "--gt-noise-seeds", "1",
