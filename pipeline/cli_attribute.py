@@ -286,6 +286,7 @@ def run(
         decoder=str(decoder) if decoder is not None else "bundled",
         adapter=str(adapter) if adapter is not None else None,
         neighbours=k_neighbours,
+        parameters=model.num_parameters,
         training={"from": source_label, "index": str(idx.path) if idx is not None else None, "shard": shard,
                   "records": len(loaded.records), "skipped": loaded.skipped},
         query_skipped=queries.skipped,

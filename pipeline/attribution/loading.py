@@ -3,7 +3,8 @@
 Adapters come from the fine-tuning extra (``pipeline.finetune``, issue 11). This module finds its loader at call
 time, so it works as soon as that package lands: ``pipeline.finetune.load_adapter(decoder, adapter_dir)`` if it
 exists (its return value replaces the decoder when it returns one), else ``decoder.load_adapter(adapter_dir)``.
-Attribution then differentiates the parameters with ``requires_grad`` (the adapter's, when the base is frozen).
+Attribution then differentiates the adapter's tensors only (the names its safetensors file stores; the rest of the
+UNet is frozen).
 """
 
 from __future__ import annotations
@@ -73,14 +74,48 @@ def load_decoder_with_adapter(decoder: str | os.PathLike | None = None, adapter:
     loader = getattr(module, "load_adapter", None)
     if loader is not None:
         loaded = loader(model, folder)
-        return loaded if loaded is not None else model
-    if hasattr(model, "load_adapter"):
+    elif hasattr(model, "load_adapter"):
         loaded = model.load_adapter(folder)
-        return loaded if loaded is not None and hasattr(loaded, "unet") else model
-    raise PipelineInputError(
-        "the installed fine-tuning extra offers no adapter loader (pipeline.finetune.load_adapter or "
-        "TinyDecoder.load_adapter); update dprdm"
-    )
+    else:
+        raise PipelineInputError(
+            "the installed fine-tuning extra offers no adapter loader (pipeline.finetune.load_adapter or "
+            "TinyDecoder.load_adapter); update dprdm"
+        )
+    adapted = loaded if loaded is not None and hasattr(loaded, "unet") else model
+    _train_only_the_adapter(adapted, folder)
+    return adapted
+
+
+def adapter_parameter_names(folder: str | os.PathLike) -> set[str] | None:
+    """Names of the tensors an adapter folder stores (its safetensors file), or None if it has no such file."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).expanduser().glob("*.safetensors"))
+    if not files:
+        return None
+    names: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            names.update(handle.keys())
+    return names
+
+
+def _train_only_the_adapter(decoder, folder: Path) -> None:
+    """Attribution differentiates the parameters with ``requires_grad``: make those the adapter's tensors.
+
+    ``pipeline.finetune.load_adapter`` returns a frozen UNet (``requires_grad_(False)``); the adapter's tensors are
+    the ones its safetensors file stores. Without that file, the loader's own ``requires_grad`` flags are kept.
+
+    Raises:
+        PipelineInputError: the adapter leaves no parameter to attribute.
+    """
+    names = adapter_parameter_names(folder)
+    params = dict(decoder.unet.named_parameters())
+    if names:
+        for name, param in params.items():
+            param.requires_grad_(name in names)
+    if not any(p.requires_grad for p in params.values()):
+        raise PipelineInputError(f"adapter '{folder}' holds no tensor of this decoder's UNet; nothing to attribute")
 
 
 def load_attribution_model(decoder: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None):
@@ -94,4 +129,4 @@ def load_attribution_model(decoder: str | os.PathLike | None = None, adapter: st
     return AttributionModel.from_decoder(dec, name=name), dec
 
 
-__all__ = ["adapters_available", "check_adapter_support", "load_attribution_model", "load_decoder_with_adapter"]
+__all__ = ["adapter_parameter_names", "adapters_available", "check_adapter_support", "load_attribution_model", "load_decoder_with_adapter"]

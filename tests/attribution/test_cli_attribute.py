@@ -319,6 +319,31 @@ def test_adapter_is_loaded_through_pipeline_finetune(corpus: Path, decoder: Path
     assert doc["model_hash"] != base["model_hash"] and doc["neighbours"] == 0 and base["neighbours"] == 10
 
 
+def test_a_real_adapter_attributes_only_its_tensors(corpus: Path, decoder: Path, tmp_path: Path) -> None:
+    """An adapter written by ``pipeline.finetune.save_adapter``: loaded by ``load_adapter`` (which freezes the UNet),
+    then only the adapter's tensors are differentiated."""
+    finetune = pytest.importorskip("pipeline.finetune")
+    from pipeline.decoders import TinyDecoder
+
+    base = TinyDecoder.from_pretrained(decoder)
+    state = {n: p.detach() + 0.01 for n, p in base.unet.named_parameters() if "attn" in n}
+    manifest = {"base_decoder": {"sha256": finetune.decoder_sha256(base)}, "trainable": "attention",
+                "parameters": sorted(state)}
+    adapter = finetune.save_adapter(tmp_path / "adapter", state, manifest)
+    plain = _json(_invoke("attribute", _query(corpus), "--train", corpus, "--decoder", decoder, "--json", *FAST))
+    doc = _json(_invoke("attribute", _query(corpus), "--train", corpus, "--decoder", decoder, "--adapter", adapter,
+                        "--json", *FAST))
+    assert doc["parameters"] == sum(t.numel() for t in state.values()) < plain["parameters"]
+    assert doc["model_hash"] != plain["model_hash"] and doc["adapter"] == str(adapter)
+    assert str(_query(corpus).resolve()) in [r["source"] for r in doc["queries"][0]["top"]]
+    other = tmp_path / "other"  # an adapter for another decoder: one line, exit 2
+    shutil.copytree(adapter, other)
+    manifest_path = other / "adapter.json"
+    manifest_path.write_text(manifest_path.read_text().replace(manifest["base_decoder"]["sha256"], "0" * 64))
+    assert "trained for decoder" in _one_error_line(
+        _invoke("attribute", _query(corpus), "--train", corpus, "--decoder", decoder, "--adapter", other, *FAST))
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
