@@ -28,7 +28,7 @@ from typing import IO, Any
 import typer
 from typer.core import TyperGroup
 
-from pipeline import cli_audit, cli_budget, cli_finetune, cli_generate, cli_index, cli_train
+from pipeline import cli_attribute, cli_audit, cli_budget, cli_finetune, cli_generate, cli_index, cli_train
 from pipeline._cli_common import EXIT_CODES, error_line, make_typer
 from pipeline._files import expand_user
 from pipeline.errors import PipelineInputError
@@ -182,6 +182,7 @@ cli_generate.register(app)
 cli_audit.register(app)
 cli_train.register(app)
 cli_finetune.register(app)
+cli_attribute.register(app)
 
 
 def _version(value: bool) -> None:

@@ -20,36 +20,50 @@ never publish its output as if it were a private release.
 
 from __future__ import annotations
 
-from pipeline.attribution.cache import FeatureCache
-from pipeline.attribution.conditions import embed_conditions
-from pipeline.attribution.features import METHODS, Features, GaussianProjector, base_method, featurize
-from pipeline.attribution.kernel import Attributor, kernel_scores
-from pipeline.attribution.lds import LDSReport, LDSRow, evaluate_lds, ground_truth_losses, lds
-from pipeline.attribution.model import AttributionModel, RecordSet
-from pipeline.attribution.result import AttributionResult, RecordScore, attribute, save_strip
-from pipeline.attribution.retrain import finetune, make_retrain
+import importlib
+import sys
+import types
 
-__all__ = [
-    "METHODS",
-    "AttributionModel",
-    "AttributionResult",
-    "Attributor",
-    "FeatureCache",
-    "Features",
-    "GaussianProjector",
-    "LDSReport",
-    "LDSRow",
-    "RecordScore",
-    "RecordSet",
-    "attribute",
-    "base_method",
-    "embed_conditions",
-    "evaluate_lds",
-    "featurize",
-    "finetune",
-    "ground_truth_losses",
-    "kernel_scores",
-    "lds",
-    "make_retrain",
-    "save_strip",
-]
+# Names are imported on first use (PEP 562), so that ``pipeline.attribution.forget`` (called by ``index remove``)
+# loads no torch.
+_EXPORTS = {
+    "METHODS": "features", "Features": "features", "GaussianProjector": "features", "base_method": "features",
+    "featurize": "features",
+    "FeatureCache": "cache",
+    "embed_conditions": "conditions",
+    "Attributor": "kernel", "kernel_scores": "kernel",
+    "LDSReport": "lds", "LDSRow": "lds", "evaluate_lds": "lds", "ground_truth_losses": "lds", "lds": "lds",
+    "AttributionModel": "model", "RecordSet": "model",
+    "AttributionResult": "result", "RecordScore": "result", "attribute": "result", "save_strip": "result",
+    "finetune": "retrain", "make_retrain": "retrain",
+    "drop_cached_records": "forget", "forget_hook": "forget",
+    "folder_records": "records", "query_records": "records", "shard_records": "records",
+    "load_attribution_model": "loading",
+}  # fmt: skip
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline.attribution' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"pipeline.attribution.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+class _Package(types.ModuleType):
+    """Keeps an exported name bound to its object when a submodule of the same name loads (``lds``, the function,
+    not ``pipeline.attribution.lds``, the module), as the eager ``from ... import`` of this package used to."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,17 +19,20 @@ from pipeline.attribution.features import Features
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The project's one atomic write (``index.fs``), owner-only."""
+    from index.fs import atomic_write_bytes
+
+    atomic_write_bytes(path, data, mode=0o600)
+
+
+def read_entry(path: str | os.PathLike) -> Features:
+    """The features stored in one cache file (whatever model they belong to)."""
+    with np.load(path, allow_pickle=False) as z:
+        sources = tuple(str(s) for s in z["sources"]) if "sources" in z.files else None
+        return Features(phi=z["phi"], method=str(z["method"]), timesteps=int(z["timesteps"]),
+                        projection_dim=int(z["projection_dim"]), seed=int(z["seed"]),
+                        model_hash=str(z["model_hash"]), ids=z["ids"], sources=sources,
+                        residual=z["residual"] if "residual" in z.files else None)
 
 
 class FeatureCache:
@@ -54,12 +56,7 @@ class FeatureCache:
         return sorted(self.root.glob("*.npz"))
 
     def _read(self, path: Path) -> Features:
-        with np.load(path, allow_pickle=False) as z:
-            sources = tuple(str(s) for s in z["sources"]) if "sources" in z.files else None
-            return Features(phi=z["phi"], method=str(z["method"]), timesteps=int(z["timesteps"]),
-                            projection_dim=int(z["projection_dim"]), seed=int(z["seed"]),
-                            model_hash=str(z["model_hash"]), ids=z["ids"], sources=sources,
-                            residual=z["residual"] if "residual" in z.files else None)
+        return read_entry(path)
 
     def get(self, method: str, timesteps: int, projection_dim: int, seed: int, *, ids=None) -> Features | None:
         """The cached features (rows in ``ids`` order if given), or None when absent, stale or missing a record.
