@@ -130,6 +130,7 @@ def build(
 ) -> None:
     """Build (or rebuild) a shard from SOURCE; re-running an interrupted build resumes it."""
     from index import build_index
+    from pipeline.attribution import forget_hook
     from pipeline.ledgers import membership_hook
 
     if public_train is not None and index_type is None:
@@ -139,7 +140,8 @@ def build(
         source, index, shard=shard, model=model, pretrained=pretrained, batch_size=batch_size,
         public_train=public_train, image_column=image_column, num_threads=threads,
         progress=_show_progress(json_mode), index_type=index_type,
-        before_commit=membership_hook(ledger, joining=True), before_drop=membership_hook(ledger, joining=False),
+        before_commit=membership_hook(ledger, joining=True),
+        before_drop=forget_hook(index, membership_hook(ledger, joining=False)),
     )  # fmt: skip
     with after_commit(f"the build of shard '{shard}' committed; see 'dprdm index info --index {index}'"):
         _warn_if_far_from_bundled(index, shard)
@@ -206,10 +208,11 @@ def remove(
     """
     if bool(ids) == bool(sources):
         raise PipelineInputError("pass either --id ID ... or --source PATH ... (exactly one of them)")
+    from pipeline.attribution import forget_hook  # light: no torch unless attribution features are cached
     from pipeline.ledgers import membership_hook
 
     idx, ledger = _open_with_ledger(index)
-    report = idx.remove(ids=ids, sources=sources, before_commit=membership_hook(ledger, joining=False))
+    report = idx.remove(ids=ids, sources=sources, before_commit=forget_hook(idx.path, membership_hook(ledger, joining=False)))
     with after_commit(f"{report.removed} records were removed from index {index}"):
         removal = report.to_dict()
         payload = dict(idx.info(), removed=removal["removed"], removed_per_shard=removal["shards"],
@@ -235,10 +238,11 @@ def drop_shard(
 
     Its records are tombstoned with their scope's loss first; the scope's charges stay in the ledger.
     """
+    from pipeline.attribution import forget_hook
     from pipeline.ledgers import membership_hook
 
     idx, ledger = _open_with_ledger(index)
-    dropped = idx.drop_shard(name, before_commit=membership_hook(ledger, joining=False))
+    dropped = idx.drop_shard(name, before_commit=forget_hook(idx.path, membership_hook(ledger, joining=False)))
     with after_commit(f"shard '{name}' was dropped from index {index}"):
         payload = dict(idx.info(), dropped_shard=name, removed=dropped)
         emit(payload, json_mode=json_mode, human=lambda p: f"dropped shard {name} ({dropped} records)\n" + _human_info(p))
