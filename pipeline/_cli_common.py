@@ -27,7 +27,7 @@ EXIT_CODES = "Exit codes: 0 ok, 1 unexpected failure, 2 bad input, 3 privacy ref
 # -- the shared options, each defined once ------------------------------------------------------------------------
 _INDEX = typer.Option(
     "--index", metavar="DIR", show_default=False,
-    help=f"Private index folder (from 'dprdm index build'); its ledger is DIR/{LEDGER_NAME}.",
+    help=f"Private index folder (from 'dprdm index build'); it is bound to its one ledger (default DIR/{LEDGER_NAME}).",
 )  # fmt: skip
 IndexOption = Annotated[Path, _INDEX]
 OptionalIndexOption = Annotated[Path | None, _INDEX]

@@ -191,7 +191,7 @@ def plan(
 def _status_table(scopes: dict[str, dict[str, Any]]) -> str:
     if not scopes:
         return "(no scopes)"
-    header = ("scope", "eps spent", "eps budget", "delta", "charged", "remaining", "k", "q", "sigma")
+    header = ("scope", "eps spent", "eps budget", "delta", "charged", "remaining", "trainings", "k", "q", "sigma")
     rows = [header] + [
         (
             name,
@@ -200,6 +200,7 @@ def _status_table(scopes: dict[str, dict[str, Any]]) -> str:
             f"{s['delta']:.3g}",
             str(s["queries_charged"]),
             str(s["queries_remaining"]),
+            str(s.get("events_charged", 0)),
             str(s["k"]),
             f"{s['q']:g}",
             f"{s['sigma']:.6g}",
@@ -230,6 +231,13 @@ def init(
     records: Annotated[
         int | None,
         typer.Option("--records", metavar="N", show_default=False, help="Records N of the scope when there is no --index."),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option("--alpha", metavar="ORDER", show_default=False,
+                     help="The scope's fixed RDP order for its filter (default: the order optimal for the query plan; "
+                          "pick one that suits DP fine-tuning when training will spend most of the budget; --queries still "
+                          "calibrates sigma at the best order, so check queries_remaining)."),
     ] = None,
     json_mode: JsonOption = False,
 ) -> None:
@@ -279,7 +287,8 @@ def init(
         sigma = calibrate_sigma(k=k, q=q, queries=queries, epsilon=epsilon, delta=delta)
     mech = Mechanism(k=k, q=q, sigma=sigma)
     specs = [
-        ScopeSpec(name=name, epsilon=epsilon, delta=delta, mechanism=mech, records=n, members=members.get(name))
+        ScopeSpec(name=name, epsilon=epsilon, delta=delta, mechanism=mech, records=n, members=members.get(name),
+                  alpha=alpha)
         for name, n in sorted(counts.items())
     ]
     if index is None:
