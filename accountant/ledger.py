@@ -77,7 +77,7 @@ from accountant.budget import (
     filter_order,
     within_budget,
 )
-from accountant.errors import AccountantInputError, BudgetExceeded, DeltaRefused
+from accountant.errors import AccountantError, AccountantInputError, BudgetExceeded, DeltaRefused
 from accountant.events import (
     ADJACENCY,
     DEFAULT_ORDERS,
@@ -87,7 +87,15 @@ from accountant.events import (
     event_rdp,
     event_to_json,
 )
-from accountant.records import Charge, Receipt, ReceiptLine, ScopeSpec, ScopeStatus, VerifyReport
+from accountant.records import (
+    Charge,
+    ChargeRequest,
+    Receipt,
+    ReceiptLine,
+    ScopeSpec,
+    ScopeStatus,
+    VerifyReport,
+)
 
 __all__ = ["Ledger"]
 
@@ -514,30 +522,96 @@ class Ledger:
         group = uuid.uuid4().hex
         with self._store.transaction("charging", scopes=names) as conn:
             now = time.time()
-            steps = []
-            for name in names:
-                s = self._load(conn, name)
-                step = self._plan(s, event, count, records)
-                if not within_budget(step.epsilon, s.epsilon):
-                    what = "quer" + ("y" if count == 1 else "ies") if event is None else "event(s)"
-                    raise BudgetExceeded(
-                        f"scope '{name}' budget exhausted: {count} more {what} after {s.queries} queries and "
-                        f"{s.events} other events would spend epsilon={step.epsilon:.6g} > budget {s.epsilon:g} at "
-                        f"delta={s.delta:g} (filter order {s.filter_order:g}); nothing was charged or released; "
-                        "stop querying this scope"
-                    )
-                steps.append(step)
-            for step in steps:
-                a = step.after
-                conn.execute(
-                    "INSERT INTO charges (group_id, time, scope, event, count, caller, purpose) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (group, now, a.name, step.event_text, count, caller, purpose),
+            steps = self._charge_in(conn, names, event, count, records, caller, purpose, group, now)
+        return self._receipt(steps, count, group, now, caller, purpose)
+
+    def charge_many(self, requests: Sequence[ChargeRequest]) -> list[Receipt | Exception]:
+        """Group commit: several independent charges in ONE transaction and one fsync, each all-or-none.
+
+        Each request is what one :meth:`charge` call would be. Inside one ``BEGIN IMMEDIATE`` they are checked
+        and applied in the given order, each against the state left by the ones before it (so a budget that fits
+        m queries admits exactly the first m that fit, as m separate charges would); a refused request writes
+        nothing and the next one is still considered. The transaction then commits once (WAL,
+        ``synchronous=FULL``: one fsync for the whole group). A receipt is valid only once this returns.
+
+        Returns:
+            One entry per request, in order: its :class:`Receipt`, or the exception :meth:`charge` would have
+            raised for it (:class:`BudgetExceeded`, :class:`DeltaRefused`, :class:`AccountantInputError`, ...).
+
+        Raises:
+            LedgerUnavailable: the transaction itself failed (lock timeout, I/O); then NOTHING of the group was
+                recorded, and every request is refused.
+            AccountantInputError: the ledger was opened read-only.
+        """
+        self._writable()
+        prepared: list[tuple[Any, ...] | Exception] = []
+        for request in requests:
+            try:
+                names, event, records = self._charge_args(request.scopes, request.event, request.count, request.records)
+                caller = check_label("caller", request.caller)
+                purpose = check_label("purpose", request.purpose)
+                prepared.append((names, event, request.count, records, caller, purpose, uuid.uuid4().hex))
+            except AccountantError as err:
+                prepared.append(err)
+        outcomes: list[Receipt | Exception] = []
+        with self._store.transaction("charging a group") as conn:
+            now = time.time()
+            for item in prepared:
+                if isinstance(item, Exception):
+                    outcomes.append(item)
+                    continue
+                names, event, count, records, caller, purpose, group = item
+                try:
+                    steps = self._charge_in(conn, names, event, count, records, caller, purpose, group, now)
+                except (BudgetExceeded, DeltaRefused, AccountantInputError) as err:
+                    outcomes.append(err)  # checked before any write of this request: nothing of it was written
+                    continue
+                outcomes.append(self._receipt(steps, count, group, now, caller, purpose))
+        return outcomes
+
+    def _charge_in(
+        self,
+        conn: Any,
+        names: list[str],
+        event: dpa.DpEvent | None,
+        count: int,
+        records: dict[str, int],
+        caller: str | None,
+        purpose: str | None,
+        group: str,
+        now: float,
+    ) -> list[_Step]:
+        """Check every scope of one charge, then (only if all admit) write its rows; inside a transaction."""
+        steps = []
+        for name in names:
+            s = self._load(conn, name)
+            step = self._plan(s, event, count, records)
+            if not within_budget(step.epsilon, s.epsilon):
+                what = "quer" + ("y" if count == 1 else "ies") if event is None else "event(s)"
+                raise BudgetExceeded(
+                    f"scope '{name}' budget exhausted: {count} more {what} after {s.queries} queries and "
+                    f"{s.events} other events would spend epsilon={step.epsilon:.6g} > budget {s.epsilon:g} at "
+                    f"delta={s.delta:g} (filter order {s.filter_order:g}); nothing was charged or released; "
+                    "stop querying this scope"
                 )
-                conn.execute(
-                    "UPDATE spend SET queries = ?, rdp = ?, events = ?, extra = ? WHERE scope = ?",
-                    (a.queries, vector_to_blob(a.rdp), a.events, vector_to_blob(a.extra), a.name),
-                )
+            steps.append(step)
+        for step in steps:
+            a = step.after
+            conn.execute(
+                "INSERT INTO charges (group_id, time, scope, event, count, caller, purpose) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (group, now, a.name, step.event_text, count, caller, purpose),
+            )
+            conn.execute(
+                "UPDATE spend SET queries = ?, rdp = ?, events = ?, extra = ? WHERE scope = ?",
+                (a.queries, vector_to_blob(a.rdp), a.events, vector_to_blob(a.extra), a.name),
+            )
+        return steps
+
+    @staticmethod
+    def _receipt(
+        steps: list[_Step], count: int, group: str, now: float, caller: str | None, purpose: str | None
+    ) -> Receipt:
         statuses = tuple(status_of(step.after) for step in steps)
         lines = tuple(
             ReceiptLine(
