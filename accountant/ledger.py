@@ -553,21 +553,23 @@ class Ledger:
                 prepared.append((names, event, request.count, records, caller, purpose, uuid.uuid4().hex))
             except AccountantError as err:
                 prepared.append(err)
-        outcomes: list[Receipt | Exception] = []
+        planned: list[tuple[list[_Step], tuple[Any, ...]] | Exception] = []
         with self._store.transaction("charging a group") as conn:
             now = time.time()
+            rows: dict[str, ScopeRow] = {}  # each scope read (and checked) once; then the state this group wrote
             for item in prepared:
                 if isinstance(item, Exception):
-                    outcomes.append(item)
+                    planned.append(item)
                     continue
                 names, event, count, records, caller, purpose, group = item
                 try:
-                    steps = self._charge_in(conn, names, event, count, records, caller, purpose, group, now)
+                    steps = self._charge_in(conn, names, event, count, records, caller, purpose, group, now, rows)
                 except (BudgetExceeded, DeltaRefused, AccountantInputError) as err:
-                    outcomes.append(err)  # checked before any write of this request: nothing of it was written
+                    planned.append(err)  # checked before any write of this request: nothing of it was written
                     continue
-                outcomes.append(self._receipt(steps, count, group, now, caller, purpose))
-        return outcomes
+                planned.append((steps, (count, group, now, caller, purpose)))
+        # receipts after COMMIT (outside the write lock): nothing is released before the commit returned
+        return [p if isinstance(p, Exception) else self._receipt(p[0], *p[1]) for p in planned]
 
     def _charge_in(
         self,
@@ -580,11 +582,16 @@ class Ledger:
         purpose: str | None,
         group: str,
         now: float,
+        rows: dict[str, ScopeRow] | None = None,
     ) -> list[_Step]:
-        """Check every scope of one charge, then (only if all admit) write its rows; inside a transaction."""
+        """Check every scope of one charge, then (only if all admit) write its rows; inside a transaction.
+
+        ``rows`` (group commit) caches each scope's state within the one transaction: read and checked once, then
+        the state the previous charges of the group wrote.
+        """
         steps = []
         for name in names:
-            s = self._load(conn, name)
+            s = rows[name] if rows is not None and name in rows else self._load(conn, name)
             step = self._plan(s, event, count, records)
             if not within_budget(step.epsilon, s.epsilon):
                 what = "quer" + ("y" if count == 1 else "ies") if event is None else "event(s)"
@@ -606,6 +613,8 @@ class Ledger:
                 "UPDATE spend SET queries = ?, rdp = ?, events = ?, extra = ? WHERE scope = ?",
                 (a.queries, vector_to_blob(a.rdp), a.events, vector_to_blob(a.extra), a.name),
             )
+            if rows is not None:
+                rows[a.name] = a
         return steps
 
     @staticmethod
