@@ -1,7 +1,7 @@
 """``dprdm serve`` benchmark: durable charges/s with and without group commit, and HTTP requests/s and p50/p99
 latency at 1, 4 and 16 concurrent clients with and without dynamic batching and group commit, in one run.
 
-1. **Ledger, durable charges/s.** 16 threads charge one scope of one ledger (WAL, ``synchronous=FULL``) for a
+1. **Ledger, durable charges/s.** 16 (and 64) threads charge one scope of one ledger (WAL, ``synchronous=FULL``) for a
    fixed time: (a) ``Ledger.charge``, one ``BEGIN IMMEDIATE`` transaction and one fsync per charge; (b) the
    service's :class:`pipeline.serve.batching.GroupCommitLedger` over the same kind of ledger: concurrent charges
    committed together with ``Ledger.charge_many`` (one transaction, one fsync per group). Every charge returns
@@ -10,10 +10,11 @@ latency at 1, 4 and 16 concurrent clients with and without dynamic batching and 
    request, one torch thread) over a small digit index, for each of four settings: one-at-a-time baseline
    (``--max-batch 1 --no-group-commit``), group commit only, dynamic batching only (``--max-batch 16``), both. A
    closed-loop httpx load generator in this process runs C = 1, 4, 16 clients for a fixed time each; requests/s
-   (all 200), p50 and p99 latency. Every request is one private query charged and committed before its response;
+   (all 200), p50 and p99 latency. The four servers run side by side and the settings are interleaved in
+   ``BENCH_ROUNDS`` rounds (median per cell), so drifting background load hits every setting alike. Every request is one private query charged and committed before its response;
    the charges/s the ledger committed under that load equal the requests/s.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_serve.py`` (about 4 min; needs the ``serve`` extra). Writes
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_serve.py`` (about 6 min; needs the ``serve`` extra). Writes
 ``benchmarks/results/serve.md``. Figures are from a shared 2-core machine: read the ratios, not the absolutes.
 """
 
@@ -45,8 +46,9 @@ from pipeline.serve.batching import GroupCommitLedger  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "serve.md"
 MECH = Mechanism(k=3, q=0.5, sigma=0.4)
-LEDGER_SECONDS = float(os.environ.get("BENCH_LEDGER_SECONDS", 4))
-HTTP_SECONDS = float(os.environ.get("BENCH_HTTP_SECONDS", 8))
+LEDGER_SECONDS = float(os.environ.get("BENCH_LEDGER_SECONDS", 3))
+HTTP_SECONDS = float(os.environ.get("BENCH_HTTP_SECONDS", 5))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 CLIENTS = (1, 4, 16)
 SETTINGS = {
     "one at a time": ("--max-batch", "1", "--no-group-commit"),
@@ -105,7 +107,7 @@ def build_index(root: Path) -> Path:
     return root / "index"
 
 
-def load(url: str, token: str, clients: int) -> dict[str, float]:
+def load(url: str, token: str, clients: int, *, seconds: float | None = None) -> dict[str, float]:
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -132,66 +134,92 @@ def load(url: str, token: str, clients: int) -> dict[str, float]:
         t.start()
     barrier.wait()
     start = time.perf_counter()
-    time.sleep(HTTP_SECONDS)
+    time.sleep(HTTP_SECONDS if seconds is None else seconds)
     stop.set()
     for t in pool:
         t.join()
     wall = time.perf_counter() - start
     lat = np.asarray(latencies) * 1000
-    return {"rps": len(lat) / wall, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-            "n": len(lat), "errors": errors[0]}  # fmt: skip
+    if not len(lat):
+        lat = np.asarray([float("nan")])
+    return {"rps": len(latencies) / wall, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+            "n": len(latencies), "errors": errors[0]}  # fmt: skip
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
 
 
 def main() -> None:
     from pipeline.serve import KeyStore
 
-    lines = ["# `dprdm serve` benchmark", "", f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), "
-             f"Python {platform.python_version()}. Ratios are the result; absolute figures vary with load.", ""]  # fmt: skip
+    lines = ["# `dprdm serve` benchmark", "", f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other "
+             f"jobs, Python {platform.python_version()}. Settings are interleaved in {ROUNDS} rounds and each cell is "
+             "the median over the rounds, so drifting background load hits every setting alike; read the ratios.", ""]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        single = _ledger(tmp / "single.sqlite")
-        plain, n_plain = durable_charges_per_second(single)
-        grouped_book = _ledger(tmp / "grouped.sqlite")
-        grouped_ledger = GroupCommitLedger(grouped_book)
-        grouped, n_grouped = durable_charges_per_second(grouped_ledger)
-        groups = grouped_ledger.groups_committed
-        grouped_ledger.close()
-        assert grouped_book.verify().ok and single.verify().ok
+        ledger_rows = []
+        for threads in (16, 64):
+            plain, grouped, sizes = [], [], []
+            for r in range(ROUNDS):
+                single = _ledger(tmp / f"single-{threads}-{r}.sqlite")
+                plain.append(durable_charges_per_second(single, threads)[0])
+                book = _ledger(tmp / f"grouped-{threads}-{r}.sqlite")
+                wrapped = GroupCommitLedger(book)
+                rate, count = durable_charges_per_second(wrapped, threads)
+                grouped.append(rate)
+                sizes.append(count / max(wrapped.groups_committed, 1))
+                wrapped.close()
+                assert book.verify().ok and single.verify().ok
+                single.close()
+                book.close()
+            ledger_rows.append((threads, _median(plain), _median(grouped), _median(sizes)))
         lines += [
-            "## Ledger: durable charges/s (16 threads, one scope, WAL + synchronous=FULL)", "",
-            "| | charges/s | charges | transactions |", "|---|---:|---:|---:|",
-            f"| one transaction per charge (`Ledger.charge`) | {plain:,.0f} | {n_plain} | {n_plain} |",
-            f"| group commit (`Ledger.charge_many` via `GroupCommitLedger`) | {grouped:,.0f} | {n_grouped} | {groups} |",
-            "", f"**Group commit: {grouped / plain:.1f}x the durable charges/s** "
-            f"(mean group size {n_grouped / max(groups, 1):.1f}).", "",
+            f"## Ledger: durable charges/s (one scope, WAL + synchronous=FULL, {LEDGER_SECONDS:g} s per cell)", "",
+            "| threads | one transaction per charge (`Ledger.charge`) | group commit (`Ledger.charge_many`) | ratio "
+            "| mean group |", "|---:|---:|---:|---:|---:|",
         ]  # fmt: skip
-        print("\n".join(lines[-8:]), flush=True)
+        for threads, plain, grouped, size in ledger_rows:
+            lines.append(f"| {threads} | {plain:,.0f}/s | {grouped:,.0f}/s | **{grouped / plain:.1f}x** | {size:.1f} |")
+        lines.append("")
+        print("\n".join(lines), flush=True)
 
         index = build_index(tmp / "bench")
         token = KeyStore.for_index(index, create=True).add("bench", shards=["default"])[1]
-        results: dict[str, dict[int, dict[str, float]]] = {}
-        for name, args in SETTINGS.items():
-            server = ServerProcess(index, *args)
-            try:
-                load(server.url, token, 1)  # warm-up (first decode, caches)
-                results[name] = {c: load(server.url, token, c) for c in CLIENTS}
-            finally:
+        servers = {name: ServerProcess(index, *args) for name, args in SETTINGS.items()}
+        samples: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in CLIENTS} for name in SETTINGS}
+        try:
+            for server in servers.values():
+                load(server.url, token, 1, seconds=2)  # warm-up (first decode, caches)
+            for _ in range(ROUNDS):
+                for c in CLIENTS:
+                    for name, server in servers.items():
+                        samples[name][c].append(load(server.url, token, c))
+                        print(name, c, samples[name][c][-1], flush=True)
+        finally:
+            for server in servers.values():
                 server.kill()
-            print(name, results[name], flush=True)
         with Ledger(index / "budget.sqlite") as book:
             assert book.verify().ok
+            committed = book.status("default").queries_charged
         shutil.rmtree(tmp / "bench", ignore_errors=True)
+    results = {
+        name: {c: {key: _median([s[key] for s in runs]) for key in ("rps", "p50", "p99")} | {
+            "n": sum(s["n"] for s in runs), "errors": sum(s["errors"] for s in runs)} for c, runs in by_c.items()}
+        for name, by_c in samples.items()
+    }  # fmt: skip
     lines += [
         "## HTTP: requests/s and latency (tiny decoder, steps=1, 1 image, loopback)", "",
-        f"Each cell: {HTTP_SECONDS:g} s closed loop; every request is one private query charged and committed "
-        "(fsync) before its response, so the ledger's durable charges/s under the load equal the requests/s.", "",
+        f"Each sample: {HTTP_SECONDS:g} s closed loop; every request is one private query charged and committed "
+        "(fsync) before its response, so the ledger's durable charges/s under the load equal the requests/s "
+        f"({committed} charges committed and verified in all). Server: 1 process, 1 torch thread.", "",
         "| setting | clients | requests/s | p50 ms | p99 ms | requests | errors |", "|---|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
     for name, by_clients in results.items():
         for c, r in by_clients.items():
             lines.append(f"| {name} | {c} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['n']} | {r['errors']} |")
     base = results["one at a time"]
-    lines += ["", "Ratios of requests/s to the one-at-a-time baseline, same run:", "",
+    lines += ["", "Requests/s relative to the one-at-a-time baseline, same run:", "",
               "| setting | 1 client | 4 clients | 16 clients |", "|---|---:|---:|---:|"]  # fmt: skip
     for name, by_clients in results.items():
         cells = " | ".join(f"{by_clients[c]['rps'] / base[c]['rps']:.2f}x" for c in CLIENTS)

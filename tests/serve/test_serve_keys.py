@@ -115,3 +115,18 @@ def test_damaged_key_store_fails_closed(index_dir):
     assert path.read_bytes() == b"garbage" * 100
     with pytest.raises(KeyStoreUnavailable, match="no key store"):
         KeyStore(index_dir / "missing.sqlite")
+
+
+def test_serve_help_binds_loopback_by_default_and_refuses_without_keys(index_dir):
+    help_text = _run("serve", "--help").stdout
+    assert "127.0.0.1" in help_text and "--max-batch" in help_text and "--workers" in help_text
+    result = _run("serve", "--index", str(index_dir), "--json")
+    assert result.exit_code == 3
+    assert json.loads(result.stderr)["error"]["type"] == "KeyStoreUnavailable"
+    assert "dprdm keys add" in result.stderr
+
+
+def test_keys_list_without_a_key_store_is_empty_and_creates_nothing(index_dir):
+    result = _run("keys", "list", "--index", str(index_dir), "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+    assert not (index_dir / "keys.sqlite").exists()
