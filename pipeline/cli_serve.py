@@ -57,10 +57,7 @@ def _quota_from_epsilon(idx: Any, shards: list[str], epsilon: float) -> int:
                     f"shard {shard!r} has no budget scope; run 'dprdm budget init --index DIR --shard {shard}' first"
                 )
             status = ledger.status(shard)
-            try:
-                counts.append(max_queries(ledger.mechanism(shard), epsilon=epsilon, delta=status.delta))
-            except ValueError as err:
-                raise PipelineInputError(f"--max-epsilon {epsilon:g} is not usable: {err}") from err
+            counts.append(max_queries(ledger.mechanism(shard), epsilon=epsilon, delta=status.delta))
         return min(counts)
     finally:
         ledger.close()
@@ -156,8 +153,9 @@ def serve(
     cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", metavar="URL", show_default=False,
                                                           help="Allow this browser origin (repeat); no CORS by default.")] = None,
     threads: ThreadsOption = None,
+    json_mode: JsonOption = False,
 ) -> None:
-    """Run the HTTP service until interrupted."""
+    """Run the HTTP service until interrupted (--json: start-up errors as one JSON line)."""
     from pipeline.serve.service import ServeConfig
 
     try:
