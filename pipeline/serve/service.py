@@ -137,7 +137,6 @@ class Service:
             KeyStoreUnavailable: no key store yet (``dprdm keys add`` creates it) or a damaged one.
             PipelineInputError: a decoder of another width.
         """
-        import index as _index  # noqa: F401  (the torchvision shim must run before diffusers)
         from index import PrivateIndex
         from pipeline.decoders import describe_decoder, load_decoder
         from pipeline.generate import _check_widths
