@@ -29,7 +29,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "serve", "--index", str(index), "--port", str(self.port),
              "--threads", "1", *args],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
         self.log: list[str] = []
         ready = threading.Event()
@@ -37,7 +37,7 @@ class ServerProcess:
         def pump() -> None:
             for line in self.process.stderr:
                 self.log.append(line)
-                if "Uvicorn running on" in line:
+                if "Application startup complete" in line:  # (with --workers: the first worker is ready)
                     ready.set()
             ready.set()  # the process ended
 
@@ -47,9 +47,9 @@ class ServerProcess:
             raise RuntimeError("server did not start:\n" + "".join(self.log[-30:]))
 
     def kill(self) -> None:
-        """kill -9 (no shutdown handlers run)."""
+        """kill -9 of the server and its worker processes (its own process group; no shutdown handlers run)."""
         if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
     def stop(self) -> None:

@@ -32,7 +32,7 @@ def test_http_budget_race_exactly_m_succeed_across_two_keys(make_index, add_key,
     m = 5
     index_dir = make_index(low=m, high=10)
     tokens = {"a": add_key(index_dir, "a", max_queries=4), "b": add_key(index_dir, "b", max_queries=4)}  # 8 > m
-    server = servers(index_dir, "--max-batch", "4")
+    server = servers(index_dir, "--max-batch", "4", "--workers", "2")  # two processes share the ledger and keys
     barrier = threading.Barrier(12)
     results: list[tuple[str, int, str | None]] = []
     lock = threading.Lock()
