@@ -17,6 +17,7 @@ __all__ = [
     "KeyStoreUnavailable",
     "PayloadTooLarge",
     "QuotaExhausted",
+    "ServiceUnavailable",
     "ShardForbidden",
     "Unauthorized",
 ]
@@ -58,6 +59,12 @@ class BudgetExhausted(ApiError):
     """409: a shard's global privacy budget (over every key together) does not admit this query."""
 
     status, kind = 409, "budget_exhausted"
+
+
+class ServiceUnavailable(ApiError):
+    """503: the ledger cannot be used right now (locked too long, damaged); nothing was released."""
+
+    status, kind = 503, "ledger_unavailable"
 
 
 class PayloadTooLarge(ApiError):

@@ -26,23 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.serve.errors import (
-    ApiError,
-    BudgetExhausted,
-    InvalidRequest,
-    ShardForbidden,
-)
+from pipeline.serve.errors import BudgetExhausted, InvalidRequest, ServiceUnavailable, ShardForbidden
 from pipeline.serve.keys import ApiKey, KeyStore
 
 __all__ = ["ServeConfig", "Service"]
 
 logger = logging.getLogger(__name__)
-
-
-class ServiceUnavailable(ApiError):
-    """503: the ledger or key store cannot be used right now (nothing was charged)."""
-
-    status, kind = 503, "ledger_unavailable"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
