@@ -528,11 +528,12 @@ class Ledger:
     def charge_many(self, requests: Sequence[ChargeRequest]) -> list[Receipt | Exception]:
         """Group commit: several independent charges in ONE transaction and one fsync, each all-or-none.
 
-        Each request is what one :meth:`charge` call would be. Inside one ``BEGIN IMMEDIATE`` they are checked
-        and applied in the given order, each against the state left by the ones before it (so a budget that fits
-        m queries admits exactly the first m that fit, as m separate charges would); a refused request writes
-        nothing and the next one is still considered. The transaction then commits once (WAL,
-        ``synchronous=FULL``: one fsync for the whole group). A receipt is valid only once this returns.
+        Each request is what one :meth:`charge` call would be. Inside one transaction that locks every scope of
+        the group as :meth:`charge` does (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``FOR UPDATE`` on their rows in
+        name order) they are checked and applied in the given order, each against the state left by the ones
+        before it (so a budget that fits m queries admits exactly the first m that fit, as m separate charges
+        would); a refused request writes nothing and the next one is still considered. The transaction then
+        commits once (one WAL flush / fsync for the whole group). A receipt is valid only once this returns.
 
         Returns:
             One entry per request, in order: its :class:`Receipt`, or the exception :meth:`charge` would have
@@ -554,7 +555,8 @@ class Ledger:
             except AccountantError as err:
                 prepared.append(err)
         planned: list[tuple[list[_Step], tuple[Any, ...]] | Exception] = []
-        with self._store.transaction("charging a group") as conn:
+        locked = sorted({name for item in prepared if not isinstance(item, Exception) for name in item[0]})
+        with self._store.transaction("charging a group", scopes=locked) as conn:
             now = time.time()
             rows: dict[str, ScopeRow] = {}  # each scope read (and checked) once; then the state this group wrote
             for item in prepared:

@@ -29,9 +29,9 @@ def test_group_admits_exactly_the_first_m_that_fit(ledger):
     assert ledger.verify().ok
 
 
-def test_group_equals_serial_charges(ledger_path, tmp_path):
-    serial = Ledger(tmp_path / "serial.sqlite")
-    grouped = Ledger(ledger_path)
+def test_group_equals_serial_charges(backend):
+    serial = Ledger(backend.new("serial"))
+    grouped = Ledger(backend.new("grouped"))
     for book in (serial, grouped):
         book.create_scope("a", epsilon=budget_for(10), delta=DELTA, mechanism=MECH, records=N)
         book.create_scope("b", epsilon=budget_for(4), delta=DELTA, mechanism=MECH, records=N)
@@ -123,6 +123,6 @@ def test_concurrent_groups_and_single_charges_race_exactly_m(ledger):
     assert ledger.verify().ok
 
 
-def test_read_only_ledger_refuses_groups(ledger, ledger_path):
-    with Ledger(ledger_path, read_only=True) as ro, pytest.raises(AccountantInputError, match="read-only"):
+def test_read_only_ledger_refuses_groups(ledger, location):
+    with Ledger(location, read_only=True) as ro, pytest.raises(AccountantInputError, match="read-only"):
         ro.charge_many([ChargeRequest(scopes=("a",))])
