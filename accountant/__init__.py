@@ -34,7 +34,16 @@ from accountant.events import (
 )
 from accountant.ledger import Ledger
 from accountant.noise import gaussian_measurement
-from accountant.records import Charge, Receipt, ReceiptLine, ScopeCheck, ScopeSpec, ScopeStatus, VerifyReport
+from accountant.records import (
+    Charge,
+    ChargeRequest,
+    Receipt,
+    ReceiptLine,
+    ScopeCheck,
+    ScopeSpec,
+    ScopeStatus,
+    VerifyReport,
+)
 
 __all__ = [
     "ADJACENCY",
@@ -46,6 +55,7 @@ __all__ = [
     "AccountantInputError",
     "BudgetExceeded",
     "Charge",
+    "ChargeRequest",
     "DeltaRefused",
     "Ledger",
     "LedgerUnavailable",

@@ -77,7 +77,7 @@ from accountant.budget import (
     filter_order,
     within_budget,
 )
-from accountant.errors import AccountantInputError, BudgetExceeded, DeltaRefused
+from accountant.errors import AccountantError, AccountantInputError, BudgetExceeded, DeltaRefused
 from accountant.events import (
     ADJACENCY,
     DEFAULT_ORDERS,
@@ -87,7 +87,15 @@ from accountant.events import (
     event_rdp,
     event_to_json,
 )
-from accountant.records import Charge, Receipt, ReceiptLine, ScopeSpec, ScopeStatus, VerifyReport
+from accountant.records import (
+    Charge,
+    ChargeRequest,
+    Receipt,
+    ReceiptLine,
+    ScopeSpec,
+    ScopeStatus,
+    VerifyReport,
+)
 
 __all__ = ["Ledger"]
 
@@ -514,30 +522,107 @@ class Ledger:
         group = uuid.uuid4().hex
         with self._store.transaction("charging", scopes=names) as conn:
             now = time.time()
-            steps = []
-            for name in names:
-                s = self._load(conn, name)
-                step = self._plan(s, event, count, records)
-                if not within_budget(step.epsilon, s.epsilon):
-                    what = "quer" + ("y" if count == 1 else "ies") if event is None else "event(s)"
-                    raise BudgetExceeded(
-                        f"scope '{name}' budget exhausted: {count} more {what} after {s.queries} queries and "
-                        f"{s.events} other events would spend epsilon={step.epsilon:.6g} > budget {s.epsilon:g} at "
-                        f"delta={s.delta:g} (filter order {s.filter_order:g}); nothing was charged or released; "
-                        "stop querying this scope"
-                    )
-                steps.append(step)
-            for step in steps:
-                a = step.after
-                conn.execute(
-                    "INSERT INTO charges (group_id, time, scope, event, count, caller, purpose) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (group, now, a.name, step.event_text, count, caller, purpose),
+            steps = self._charge_in(conn, names, event, count, records, caller, purpose, group, now)
+        return self._receipt(steps, count, group, now, caller, purpose)
+
+    def charge_many(self, requests: Sequence[ChargeRequest]) -> list[Receipt | Exception]:
+        """Group commit: several independent charges in ONE transaction and one fsync, each all-or-none.
+
+        Each request is what one :meth:`charge` call would be. Inside one transaction that locks every scope of
+        the group as :meth:`charge` does (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``FOR UPDATE`` on their rows in
+        name order) they are checked and applied in the given order, each against the state left by the ones
+        before it (so a budget that fits m queries admits exactly the first m that fit, as m separate charges
+        would); a refused request writes nothing and the next one is still considered. The transaction then
+        commits once (one WAL flush / fsync for the whole group). A receipt is valid only once this returns.
+
+        Returns:
+            One entry per request, in order: its :class:`Receipt`, or the exception :meth:`charge` would have
+            raised for it (:class:`BudgetExceeded`, :class:`DeltaRefused`, :class:`AccountantInputError`, ...).
+
+        Raises:
+            LedgerUnavailable: the transaction itself failed (lock timeout, I/O); then NOTHING of the group was
+                recorded, and every request is refused.
+            AccountantInputError: the ledger was opened read-only.
+        """
+        self._writable()
+        prepared: list[tuple[Any, ...] | Exception] = []
+        for request in requests:
+            try:
+                names, event, records = self._charge_args(request.scopes, request.event, request.count, request.records)
+                caller = check_label("caller", request.caller)
+                purpose = check_label("purpose", request.purpose)
+                prepared.append((names, event, request.count, records, caller, purpose, uuid.uuid4().hex))
+            except AccountantError as err:
+                prepared.append(err)
+        planned: list[tuple[list[_Step], tuple[Any, ...]] | Exception] = []
+        locked = sorted({name for item in prepared if not isinstance(item, Exception) for name in item[0]})
+        with self._store.transaction("charging a group", scopes=locked) as conn:
+            now = time.time()
+            rows: dict[str, ScopeRow] = {}  # each scope read (and checked) once; then the state this group wrote
+            for item in prepared:
+                if isinstance(item, Exception):
+                    planned.append(item)
+                    continue
+                names, event, count, records, caller, purpose, group = item
+                try:
+                    steps = self._charge_in(conn, names, event, count, records, caller, purpose, group, now, rows)
+                except (BudgetExceeded, DeltaRefused, AccountantInputError) as err:
+                    planned.append(err)  # checked before any write of this request: nothing of it was written
+                    continue
+                planned.append((steps, (count, group, now, caller, purpose)))
+        # receipts after COMMIT (outside the write lock): nothing is released before the commit returned
+        return [p if isinstance(p, Exception) else self._receipt(p[0], *p[1]) for p in planned]
+
+    def _charge_in(
+        self,
+        conn: Any,
+        names: list[str],
+        event: dpa.DpEvent | None,
+        count: int,
+        records: dict[str, int],
+        caller: str | None,
+        purpose: str | None,
+        group: str,
+        now: float,
+        rows: dict[str, ScopeRow] | None = None,
+    ) -> list[_Step]:
+        """Check every scope of one charge, then (only if all admit) write its rows; inside a transaction.
+
+        ``rows`` (group commit) caches each scope's state within the one transaction: read and checked once, then
+        the state the previous charges of the group wrote.
+        """
+        steps = []
+        for name in names:
+            s = rows[name] if rows is not None and name in rows else self._load(conn, name)
+            step = self._plan(s, event, count, records)
+            if not within_budget(step.epsilon, s.epsilon):
+                what = "quer" + ("y" if count == 1 else "ies") if event is None else "event(s)"
+                raise BudgetExceeded(
+                    f"scope '{name}' budget exhausted: {count} more {what} after {s.queries} queries and "
+                    f"{s.events} other events would spend epsilon={step.epsilon:.6g} > budget {s.epsilon:g} at "
+                    f"delta={s.delta:g} (filter order {s.filter_order:g}); nothing was charged or released; "
+                    "stop querying this scope"
                 )
-                conn.execute(
-                    "UPDATE spend SET queries = ?, rdp = ?, events = ?, extra = ? WHERE scope = ?",
-                    (a.queries, vector_to_blob(a.rdp), a.events, vector_to_blob(a.extra), a.name),
-                )
+            steps.append(step)
+        for step in steps:
+            a = step.after
+            conn.execute(
+                "INSERT INTO charges (group_id, time, scope, event, count, caller, purpose) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (group, now, a.name, step.event_text, count, caller, purpose),
+            )
+            conn.execute(
+                "UPDATE spend SET queries = ?, rdp = ?, events = ?, extra = ? WHERE scope = ?",
+                (a.queries, vector_to_blob(a.rdp), a.events, vector_to_blob(a.extra), a.name),
+            )
+            if rows is not None:
+                rows[a.name] = a
+        return steps
+
+    @staticmethod
+    def _receipt(
+        steps: list[_Step], count: int, group: str, now: float, caller: str | None, purpose: str | None
+    ) -> Receipt:
         statuses = tuple(status_of(step.after) for step in steps)
         lines = tuple(
             ReceiptLine(

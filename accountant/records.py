@@ -7,17 +7,35 @@ records: only budget parameters, counts and epsilon spent.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from accountant.events import Mechanism
 
-__all__ = ["Charge", "Receipt", "ReceiptLine", "ScopeCheck", "ScopeSpec", "ScopeStatus", "VerifyReport"]
+__all__ = ["Charge", "ChargeRequest", "Receipt", "ReceiptLine", "ScopeCheck", "ScopeSpec", "ScopeStatus", "VerifyReport"]
 
 #: dp-accounting 0.6.0's 156 default RDP orders (also ``accountant.DEFAULT_ORDERS``); None here means that grid.
 _DEFAULT = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargeRequest:
+    """One charge of a group commit (:meth:`accountant.Ledger.charge_many`): the arguments of ``Ledger.charge``.
+
+    Attributes:
+        scopes: scope names charged together (all-or-none).
+        event: a dp-accounting event, or None for one query of each scope's own mechanism.
+        count, records, caller, purpose: as :meth:`accountant.Ledger.charge`.
+    """
+
+    scopes: tuple[str, ...] | str
+    event: Any = None
+    count: int = 1
+    records: Mapping[str, int] | None = None
+    caller: str | None = None
+    purpose: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

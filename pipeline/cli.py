@@ -31,6 +31,7 @@ from typer.core import TyperGroup
 from pipeline import cli_attribute, cli_audit, cli_budget, cli_finetune, cli_generate, cli_index, cli_train
 from pipeline._cli_common import EXIT_CODES, error_line, make_typer
 from pipeline._files import expand_user
+from pipeline.cli_serve import register as register_serve
 from pipeline.errors import PipelineInputError
 
 # typer vendors click privately (typer._click); its UsageError is reachable through public names only as the
@@ -183,6 +184,7 @@ cli_audit.register(app)
 cli_train.register(app)
 cli_finetune.register(app)
 cli_attribute.register(app)
+register_serve(app)
 
 
 def _version(value: bool) -> None:
