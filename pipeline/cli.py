@@ -28,7 +28,7 @@ from typing import IO, Any
 import typer
 from typer.core import TyperGroup
 
-from pipeline import cli_audit, cli_budget, cli_generate, cli_index, cli_train
+from pipeline import cli_audit, cli_budget, cli_data, cli_generate, cli_index, cli_train
 from pipeline._cli_common import EXIT_CODES, error_line, make_typer
 from pipeline._files import expand_user
 from pipeline.errors import PipelineInputError
@@ -181,6 +181,7 @@ app.add_typer(cli_budget.app, name="budget")
 cli_generate.register(app)
 cli_audit.register(app)
 cli_train.register(app)
+cli_data.register(app)
 
 
 def _version(value: bool) -> None:
