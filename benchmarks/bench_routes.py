@@ -413,17 +413,18 @@ class Bench:
     def _non_private_retrieval(self, k: int, q: float) -> list[dict]:
         """ε = ∞: the mechanism without noise on the index rows (no ledger: the ledger refuses σ = 0)."""
         from index import PrivateIndex
-        from pipeline.mechanism import aggregate, secure_rng, subsample_topk
+        from pipeline.mechanism import aggregate, poisson_subsample, secure_rng
 
-        shard = PrivateIndex.open(self.base_index).shard(SHARD)
+        embeddings = np.asarray(PrivateIndex.open(self.base_index).shard(SHARD).embeddings, dtype=np.float32)
         rng, rows = secure_rng(), []
         for lambda_ in LAMBDAS:
             images, labels, started = [], [], time.perf_counter()
             for prompt, label, seed in self._queries():
                 query = self.encoder.encode_text([prompt])[0].astype(np.float64)
                 query = (query / np.linalg.norm(query)).astype(np.float32)
-                positions = subsample_topk(shard, query, k, q, rng)
-                mean = aggregate(shard.rows(positions), k)
+                kept = poisson_subsample(len(embeddings), q, rng)  # same subsample and top-k, no noise
+                best = kept[np.argsort(-(embeddings[kept] @ query), kind="stable")[:k]]
+                mean = aggregate(embeddings[best], k)
                 images.append(self._decode(lambda_ * mean + (1.0 - lambda_) * query, seed))
                 labels.append(label)
             rows.append(dict(route=3, epsilon_target=math.inf, epsilon_spent=math.inf, **{"lambda": lambda_}, k=k, q=q,

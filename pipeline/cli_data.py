@@ -17,7 +17,7 @@ import typer
 from pipeline._cli_common import JsonOption, emit, make_typer
 
 DOMAIN_HELP = (
-    "uci-digits: scikit-learn's UCI optical digits (1,797, 8x8) framed as MNIST (bilinear to 20x20, centred in "
+    "uci-digits: scikit-learn's UCI optical digits (1,797, 8x8) framed as MNIST (ink box bilinear to 20x20, centred in "
     "28x28); mnist-thick: the bundled private MNIST half with thick strokes (3x3 grey dilation)."
 )
 

