@@ -515,15 +515,17 @@ def routes_markdown(bench: Bench, rows: list[dict], reach: list[dict], settings:
 
 
 def plot(rows: list[dict], path: Path, epsilons: list[float]) -> None:
-    """FD and domain score against ε, one line per route / λ (routes 1–2 are flat: they spend nothing)."""
+    """FD, class accuracy and domain score against ε, one line per route / λ (routes 1–2 spend nothing: flat)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     positions = np.arange(len(epsilons))
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for axis, key, title in zip(axes, ("fd", "domain_score"), ("FD to private test ↓", "domain score ↑"), strict=True):
+    panels = [("fd", "FD to private test ↓"), ("class_accuracy", "class accuracy ↑"), ("domain_score", "domain score ↑")]
+    panels = [(key, title) for key, title in panels if all(r[key] is not None for r in rows)]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4))
+    for axis, (key, title) in zip(axes, panels, strict=True):
         for r in (r for r in rows if r["route"] in (1, 2)):
             axis.axhline(r[key], linestyle="--", color="grey" if r["route"] == 1 else "tab:green", linewidth=1,
                          label=f"{r['route']}. {ROUTE_NAMES[r['route']]} λ={r['lambda']:g}")
@@ -535,7 +537,7 @@ def plot(rows: list[dict], path: Path, epsilons: list[float]) -> None:
         axis.set_xticks(positions, [_eps(e) for e in epsilons])
         axis.set_xlabel(f"ε target (δ = {DELTA:g}, {QUERIES:,} generations)")
         axis.set_title(title)
-    axes[1].legend(fontsize=6)
+    axes[-1].legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
