@@ -1,7 +1,7 @@
 """Routes to a private domain, side by side at the same ε (issue 16, first part: routes 1–3 and the encoder's reach).
 
 Private domain (default): the bundled UCI optical digits framed as MNIST (``dprdm data export uci-digits``: the
-recorded train split is the private retrieval set, the recorded test split the held-out private test set), or any
+recorded train split is the private retrieval set, the recorded test split the held-out private test set; ``--domain mnist-thick`` for the near-shift domain), or any
 ImageFolder with ``--private-source DIR`` (subfolder = label; one third of every class held out by a seeded split;
 without subfolders the label-based metric is skipped). The public models are the bundled tiny encoder and decoder,
 trained on the PUBLIC MNIST half only.
@@ -230,15 +230,21 @@ def _load(records: list[tuple[Path, str | None]]) -> list[Image.Image]:
     return images
 
 
-def prepare_domain(work: Path, source: Path | None, limit: int | None) -> Domain:
+DOMAIN_TEXT = {
+    "uci-digits": "UCI optical digits framed as MNIST (dprdm data export uci-digits: recorded train / test split)",
+    "mnist-thick": "MNIST private half with thick strokes (dprdm data export mnist-thick: recorded train / test split)",
+}
+
+
+def prepare_domain(work: Path, source: Path | None, limit: int | None, name: str = "uci-digits") -> Domain:
     """Export (or split) the private domain under ``work``; the train part is a folder ``dprdm index build`` reads."""
     from index.fs import atomic_write_bytes, make_private_dir
 
     if source is None:
-        _dprdm("data", "export", "uci-digits", str(work / "export-train"), "--split", "train")
-        _dprdm("data", "export", "uci-digits", str(work / "export-test"), "--split", "test")
+        _dprdm("data", "export", name, str(work / "export-train"), "--split", "train")
+        _dprdm("data", "export", name, str(work / "export-test"), "--split", "test")
         train, test = _folder_records(work / "export-train"), _folder_records(work / "export-test")
-        description = "UCI optical digits framed as MNIST (dprdm data export uci-digits: recorded train / test split)"
+        description = DOMAIN_TEXT[name]
     else:
         records = _folder_records(source)
         if not records:
@@ -563,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--private-source", type=Path, metavar="IMAGE_FOLDER",
                         help="any ImageFolder (subfolder = label); default: the bundled UCI digits export")
+    parser.add_argument("--domain", choices=sorted(DOMAIN_TEXT), default="uci-digits",
+                        help="bundled private domain when there is no --private-source (outputs of mnist-thick are "
+                        "named routes_mnist-thick.*)")
     parser.add_argument("--epsilons", type=_parse_epsilons, default=[1.0, 3.0, 10.0, math.inf], metavar="LIST",
                         help="target epsilons for 1,000 generations, e.g. 1,3,10,inf")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_REPEATS} generations per prompt, sweep {QUICK_SWEEP}")
@@ -598,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep = args.sweep or list(QUICK_SWEEP if args.quick else SWEEP)
     scratch = args.work or Path(tempfile.mkdtemp(prefix="dprdm-routes-"))
     try:
-        domain = prepare_domain(scratch, args.private_source, args.limit)
+        domain = prepare_domain(scratch, args.private_source, args.limit, args.domain)
+        stem = "routes" if args.private_source is not None or args.domain == "uci-digits" else f"routes_{args.domain}"
         bench = Bench(domain, scratch, repeats=repeats, prompt=args.prompt, template=args.template)
         rows: list[dict] = []
 
@@ -620,18 +630,18 @@ def main(argv: list[str] | None = None) -> int:
         reach = [] if args.no_reach else encoder_reach(bench.encoder)
         settings = {"quick": args.quick, "repeats": repeats, "sweep": sweep, "epsilons": args.epsilons,
                     "seconds": time.perf_counter() - started}
-        (out / "routes.md").write_text(routes_markdown(bench, rows, reach, settings))
+        (out / f"{stem}.md").write_text(routes_markdown(bench, rows, reach, settings))
         payload = {"settings": settings, "domain": domain.description, "delta": DELTA, "queries": QUERIES,
                    "references": {"real_fd": bench.real_fd, "domain_classifier": bench.domain_check,
                                   "class_classifier": bench.class_check},
                    "pending_routes": {str(k): v for k, v in PENDING_ROUTES.items()}, "rows": rows, "reach": reach}
-        (out / "routes.json").write_text(json.dumps(_plain(payload), indent=1, default=str) + "\n")
-        plot(rows, out / "routes.png", args.epsilons)
+        (out / f"{stem}.json").write_text(json.dumps(_plain(payload), indent=1, default=str) + "\n")
+        plot(rows, out / f"{stem}.png", args.epsilons)
         bench.pipe.retriever.ledger.close()
     finally:
         if args.work is None:
             shutil.rmtree(scratch, ignore_errors=True)
-    print(f"wrote {out / 'routes.md'} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print(f"wrote {out / (stem + '.md')} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 
 
