@@ -268,7 +268,8 @@ def _check_target(out: Path, marker: dict, expected: set[str]) -> None:
         previous = None
     if previous != marker:
         raise PipelineInputError(f"OUT_DIR {out} is not empty and is not a previous export of {again}; pass a new or empty folder")
-    found = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != EXPORT_MARKER}
+    # hidden entries (the marker, a temp file a killed writer left) are not index sources and not checked
+    found = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")}
     stray = sorted(found - expected)
     if stray:
         raise PipelineInputError(f"OUT_DIR {out} holds files that are not part of the export of {again} (e.g. {stray[0]}); pass a new or empty folder")

@@ -99,3 +99,16 @@ def test_export_bad_input_is_one_line(tmp_path: Path) -> None:
         result = _export(*args)
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_an_interrupted_export_is_completed_by_the_same_command(tmp_path: Path) -> None:
+    full, partial = tmp_path / "full", tmp_path / "partial"
+    assert _export("mnist-thick", str(full), "--split", "test").exit_code == 0
+    assert _export("mnist-thick", str(partial), "--split", "test").exit_code == 0
+    for png in sorted(partial.rglob("*.png"))[::2]:  # as if killed half way (the marker is written first)
+        png.unlink()
+    (partial / "3" / ".0007.png.abc.tmp").write_bytes(b"half")  # a temp file a killed writer left behind
+    result = _export("mnist-thick", str(partial), "--split", "test")
+    assert result.exit_code == 0, result.output
+    visible = {name: data for name, data in _files(partial).items() if not name.endswith(".tmp")}
+    assert visible == _files(full)
