@@ -28,7 +28,16 @@ from typing import IO, Any
 import typer
 from typer.core import TyperGroup
 
-from pipeline import cli_attribute, cli_audit, cli_budget, cli_finetune, cli_generate, cli_index, cli_train
+from pipeline import (
+    cli_attribute,
+    cli_audit,
+    cli_budget,
+    cli_data,
+    cli_finetune,
+    cli_generate,
+    cli_index,
+    cli_train,
+)
 from pipeline._cli_common import EXIT_CODES, error_line, make_typer
 from pipeline._files import expand_user
 from pipeline.cli_serve import register as register_serve
@@ -185,6 +194,7 @@ cli_train.register(app)
 cli_finetune.register(app)
 cli_attribute.register(app)
 register_serve(app)
+cli_data.register(app)
 
 
 def _version(value: bool) -> None:
