@@ -456,10 +456,12 @@ class Ledger:
                 f"pass records={{'{s.name}': N}} with the scope's current size (or create it with records=N)"
             )
         if not s.delta < 1.0 / n:
+            # The exact N is not in the message: it is a statistic of the private shard and this line may reach
+            # whoever asked for the charge; only the refusal itself (one bit: N >= 1/delta) is unavoidable.
             raise DeltaRefused(
-                f"scope '{s.name}' delta={s.delta:g} is not below 1/N = {1.0 / n:.3g} for its N={n} records; "
-                "nothing was charged; the shard grew past 1/delta: queries stay refused until it holds fewer than 1/delta "
-                "records (a scope's delta is fixed)"
+                f"scope '{s.name}' delta={s.delta:g} is not below 1/N for its current record count N; nothing was "
+                "charged; the shard holds 1/delta records or more, so queries stay refused until it holds fewer "
+                "(a scope's delta is fixed)"
             )
 
     def _plan(self, s: ScopeRow, event: dpa.DpEvent | None, count: int, records: dict[str, int]) -> _Step:
