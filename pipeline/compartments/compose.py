@@ -172,8 +172,12 @@ class ComposedEps:
 
 
 def ddpm_sample(eps_fn: EpsFn, shape: Sequence[int], alphas_cumprod: torch.Tensor, *,
-                generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
+                clip: float | None = None) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, σ_t² = β_t) over the full schedule, t = T-1 .. 0.
+
+    With ``clip`` (e.g. 1.0 for data in [-1, 1]) the predicted x̂_0 is clipped to [-clip, clip] and the step uses
+    the posterior q(x_{t-1} | x_t, x̂_0) (mean and variance β̃_t), as diffusers' DDPM does.
 
     Args:
         eps_fn: ``f(x_t, t) -> ε`` with t a (B,) long tensor of 0-based timesteps.
@@ -188,9 +192,15 @@ def ddpm_sample(eps_fn: EpsFn, shape: Sequence[int], alphas_cumprod: torch.Tenso
         a_prev = abar[t - 1] if t > 0 else torch.tensor(1.0, dtype=dtype)
         beta = 1.0 - a_t / a_prev
         eps = eps_fn(x, torch.full((shape[0],), t, dtype=torch.long)).to(dtype)
-        mean = (x - beta / torch.sqrt(1.0 - a_t) * eps) / torch.sqrt(1.0 - beta)
+        var = beta
+        if clip is None:
+            mean = (x - beta / torch.sqrt(1.0 - a_t) * eps) / torch.sqrt(1.0 - beta)
+        else:
+            x0 = ((x - torch.sqrt(1.0 - a_t) * eps) / torch.sqrt(a_t)).clamp(-clip, clip)
+            mean = (torch.sqrt(a_prev) * beta * x0 + torch.sqrt(1.0 - beta) * (1.0 - a_prev) * x) / (1.0 - a_t)
+            var = beta * (1.0 - a_prev) / (1.0 - a_t)
         if t > 0:
-            x = mean + torch.sqrt(beta) * torch.randn(tuple(shape), generator=generator, dtype=dtype)
+            x = mean + torch.sqrt(var) * torch.randn(tuple(shape), generator=generator, dtype=dtype)
         else:
             x = mean
     return x
