@@ -53,6 +53,10 @@ def _train_adapter(index, shard: str, ledger, store: Compartments, decoder, *, e
     from pipeline.finetune import DPFineTuner, finetune, images_to_tensor, read_shard_records, save_adapter
     from pipeline.finetune.adapter import decoder_sha256
 
+    n = int(index.shard(shard).num_records)
+    if settings.get("batch_size", 64) > max(1, n // 2):  # small shards: B = n/2 (q = 0.5), never B > n
+        settings = dict(settings, batch_size=max(1, n // 2))
+        settings["physical_batch_size"] = min(int(settings.get("physical_batch_size", 32)), settings["batch_size"])
     out = store.new_adapter_path(shard)
     start = time.perf_counter()
     if not non_private:
