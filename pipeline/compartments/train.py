@@ -48,15 +48,61 @@ def _alphas(decoder) -> torch.Tensor:
     return _training_scheduler(decoder).alphas_cumprod.to(torch.float32)
 
 
+def _effective(settings: dict[str, Any], n: int) -> dict[str, Any]:
+    """Small shards get B = n/2 (q = 0.5): finetune refuses B > n."""
+    if settings.get("batch_size", 64) > max(1, n // 2):
+        settings = dict(settings, batch_size=max(1, n // 2))
+        settings["physical_batch_size"] = min(int(settings.get("physical_batch_size", 32)), settings["batch_size"])
+    return settings
+
+
+def _precheck_forget(index, shard: str, removed: int, ledger, store: Compartments) -> None:
+    """Dry-run the retraining charges after removing ``removed`` records of ``shard`` (refuse before removing).
+
+    Runs in the index's before_commit hook, before the records' tombstones: a refusal removes and charges nothing.
+    Each charge is checked alone against its scope's filter (the adapter's and the classifier's events are
+    charged one after the other; a scope that can afford each but not both is refused at the second charge).
+
+    Raises:
+        accountant.BudgetExceeded: a retraining charge would not fit.
+    """
+    from accountant.errors import BudgetExceeded
+    from pipeline.finetune import calibrate_training_noise, training_event
+
+    counts = {n: int(index.shard(n).num_records) for n in store.shards}
+    counts[shard] -= removed
+    entry = store.shards[shard]
+    if not entry.get("non_private") and counts[shard] > 0:
+        st = _effective(dict(entry["settings"]), counts[shard])
+        q = st["batch_size"] / counts[shard]
+        steps = int(st["steps"]) if st.get("steps") else max(1, int(st["epochs"]) * (counts[shard] // st["batch_size"]))
+        delta = ledger.status(shard).delta
+        z = calibrate_training_noise(sample_rate=q, steps=steps, epsilon=entry["epsilon_requested"], delta=delta)
+        event = training_event(sample_rate=q, noise_multiplier=z, steps=steps)
+        if not ledger.fits(shard, event=event, records={shard: counts[shard]}):
+            raise BudgetExceeded(f"scope '{shard}' cannot afford retraining its compartment; nothing was removed or "
+                                 "charged; raise the scope's budget or forget with a smaller --epsilon retraining")
+    clf = store.classifier or {}
+    dp_scopes = {n: counts[n] for n in store.shards if n not in store.public}
+    if clf.get("dp") and dp_scopes:
+        st = dict(clf["settings"])
+        total = sum(counts.values())
+        q = min(int(st["batch_size"]), total) / total
+        delta = min(ledger.status(n).delta for n in dp_scopes)
+        z = calibrate_training_noise(sample_rate=q, steps=int(st["steps"]), epsilon=clf["epsilon_requested"],
+                                     delta=delta)
+        event = posterior_event(sample_rate=q, noise_multiplier=z, steps=int(st["steps"]))
+        if not ledger.fits(sorted(dp_scopes), event=event, records=dp_scopes):
+            raise BudgetExceeded("a DP scope cannot afford retraining the shard classifier; nothing was removed or "
+                                 "charged")
+
+
 def _train_adapter(index, shard: str, ledger, store: Compartments, decoder, *, epsilon, non_private: bool,
                    settings: dict[str, Any], _seed) -> dict[str, Any]:
     from pipeline.finetune import DPFineTuner, finetune, images_to_tensor, read_shard_records, save_adapter
     from pipeline.finetune.adapter import decoder_sha256
 
-    n = int(index.shard(shard).num_records)
-    if settings.get("batch_size", 64) > max(1, n // 2):  # small shards: B = n/2 (q = 0.5), never B > n
-        settings = dict(settings, batch_size=max(1, n // 2))
-        settings["physical_batch_size"] = min(int(settings.get("physical_batch_size", 32)), settings["batch_size"])
+    settings = _effective(settings, int(index.shard(shard).num_records))
     out = store.new_adapter_path(shard)
     start = time.perf_counter()
     if not non_private:
@@ -240,7 +286,15 @@ def forget(
         from pipeline.ledgers import require_own_ledger
 
         require_own_ledger(index, ledger)
-    report = index.remove(ids=ids, sources=sources, before_commit=membership_hook(ledger, joining=False))
+    retire = membership_hook(ledger, joining=False)
+
+    def before_commit(name: str, removed_ids) -> None:
+        if name == shard and ledger is not None:
+            _precheck_forget(index, shard, len(removed_ids), ledger, store)  # refuse before anything changes
+        if retire is not None:
+            retire(name, removed_ids)
+
+    report = index.remove(ids=ids, sources=sources, before_commit=before_commit)
     affected = sorted(report.shards)
     stray = [s for s in affected if s != shard]
     entry = store.shards[shard]

@@ -154,3 +154,19 @@ def test_forget_equals_fresh_training_without_the_record(tmp_path, corpus, ledge
     got = Compartments(corpus / "index").adapter_dir("a") / "adapter.safetensors"
     want = Compartments(fresh / "index").adapter_dir("a") / "adapter.safetensors"
     assert got.read_bytes() == want.read_bytes()
+
+
+def test_forget_refused_before_removal_when_retraining_does_not_fit(corpus, ledger, decoder):
+    from accountant.errors import BudgetExceeded
+
+    _train(corpus, ledger, decoder)
+    while ledger.fits("a", records={"a": 50}):  # spend scope a down to what no retraining fits
+        ledger.charge("a", records={"a": 50})
+    spent = {n: ledger.status(n).epsilon_spent for n in ("a", "b")}
+    hashes = Compartments(corpus / "index").adapter_hashes()
+    rid = next(PrivateIndex.open(corpus / "index").records("a"))[1]
+    with pytest.raises(BudgetExceeded, match="nothing was removed"):
+        forget(corpus / "index", "a", ledger, ids=[rid], decoder=decoder, _seed=0)
+    assert rid in {r for _, r, _ in PrivateIndex.open(corpus / "index").records("a")}
+    assert {n: ledger.status(n).epsilon_spent for n in ("a", "b")} == spent
+    assert Compartments(corpus / "index").adapter_hashes() == hashes
