@@ -61,6 +61,7 @@ class ComposedDecoder:
         for name in self.allowed:  # a non-allowed shard's adapter is never loaded nor evaluated
             value = adapters[name]
             self.decoders[name] = value() if callable(value) and not hasattr(value, "unet") else value
+        self.adapter_sha256: dict[str, str] = {}
         self.shard_weights: dict[str, float] = {}
         self.weight_trajectory: list[tuple[int, list[float]]] = []
 
@@ -94,7 +95,11 @@ class ComposedDecoder:
         posterior = ShardPosterior.from_bytes(*store.classifier_bytes()) if mode is WeightMode.POSTERIOR else None
         sizes = {n: int(store.shards[n]["records"]) for n in names}
         loaders = {n: (lambda n=n: load_adapter(decoder, store.adapter_dir(n))) for n in allow}
-        return cls(decoder, loaders, sizes, posterior=posterior, weights=mode, allowed=allow)
+        composed = cls(decoder, loaders, sizes, posterior=posterior, weights=mode, allowed=allow)
+        composed.adapter_sha256 = {n: store.shards[n]["sha256"] for n in allow}
+        if mode is WeightMode.POSTERIOR:
+            composed.adapter_sha256["classifier"] = store.classifier["sha256"]
+        return composed
 
     def weights(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(B, |A|) w^A(x_t, t)."""
@@ -107,6 +112,29 @@ class ComposedDecoder:
     @property
     def condition_dim(self) -> int:
         return int(self.base.condition_dim)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.condition_dim
+
+    @property
+    def image_size(self) -> int:
+        return int(self.base.unet.config.sample_size)
+
+    @property
+    def model_id(self) -> str:
+        """``cdm[<base model id>:<mode>:<allowed shards>]``."""
+        return f"cdm[{getattr(self.base, 'model_id', type(self.base).__name__)}:{self.mode.value}:{','.join(self.allowed)}]"
+
+    @property
+    def sha256(self) -> str:
+        """sha256 over the base weights' id, the mode and the allowed adapters' (and classifier's) hashes."""
+        import hashlib
+        import json
+
+        body = {"base": getattr(self.base, "sha256", None), "mode": self.mode.value, "allowed": self.allowed,
+                "parts": self.adapter_sha256}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     @torch.no_grad()
     def generate(self, conditions: torch.Tensor, *, num_images_per_condition: int = 1, steps: int = 25,

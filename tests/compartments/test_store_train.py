@@ -105,6 +105,11 @@ def test_composed_generate_reports_shard_weights(corpus, ledger, decoder):
         assert set(composed.shard_weights) == {"a", "b"}
         assert sum(composed.shard_weights.values()) == pytest.approx(1.0)
     assert composed.shard_weights == {"a": pytest.approx(0.5), "b": pytest.approx(0.5)}  # naive: λ = 50/50
+    from pipeline.decoders.base import Decoder
+
+    assert isinstance(composed, Decoder) and composed.model_id.startswith("cdm[") and len(composed.sha256) == 64
+    only_a = ComposedDecoder.from_index(corpus / "index", decoder=decoder, allowed=["a"])
+    assert only_a.sha256 != composed.sha256
 
 
 def test_forget_retrains_only_that_shard_and_never_refunds(corpus, ledger, decoder):
