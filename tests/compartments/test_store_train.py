@@ -175,3 +175,19 @@ def test_forget_refused_before_removal_when_retraining_does_not_fit(corpus, ledg
     assert rid in {r for _, r, _ in PrivateIndex.open(corpus / "index").records("a")}
     assert {n: ledger.status(n).epsilon_spent for n in ("a", "b")} == spent
     assert Compartments(corpus / "index").adapter_hashes() == hashes
+
+
+def test_single_allowed_compartment_samples_exactly_like_its_adapted_decoder(corpus, ledger, decoder):
+    """w = 1 for a one-shard access set: the composed sampler (CFG on the composed ε) equals the adapter's own."""
+    import numpy as np
+
+    from pipeline.finetune import load_adapter
+
+    _train(corpus, ledger, decoder)
+    composed = ComposedDecoder.from_index(corpus / "index", decoder=decoder, allowed=["b"])
+    own = load_adapter(decoder, Compartments(corpus / "index").adapter_dir("b"))
+    cond = torch.nn.functional.normalize(torch.randn(2, decoder.condition_dim, generator=torch.Generator()
+                                                     .manual_seed(3)), dim=1)
+    got = composed.generate(cond, steps=4, guidance_scale=2.0, generator=torch.Generator().manual_seed(1))
+    want = own.generate(cond, steps=4, guidance_scale=2.0, generator=torch.Generator().manual_seed(1))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want, strict=True))
