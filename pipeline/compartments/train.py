@@ -97,6 +97,34 @@ def _precheck_forget(index, shard: str, removed: int, ledger, store: Compartment
                                  "charged")
 
 
+def _precheck_classifier(index, names: list[str], store: Compartments, ledger, settings: dict[str, Any],
+                         epsilon: float | None) -> None:
+    """Before any adapter is trained: the classifier's epsilon is given and its charge fits every DP scope now.
+
+    Raises:
+        PipelineInputError: DP shards take part but no epsilon was given.
+        accountant.BudgetExceeded: the classifier's event does not fit a DP scope (nothing charged or trained).
+    """
+    from accountant.errors import BudgetExceeded
+    from pipeline.finetune import calibrate_training_noise
+
+    counts = {n: int(index.shard(n).num_records) for n in names}
+    dp_scopes = {n: counts[n] for n in names if n not in store.public}
+    if not dp_scopes:
+        return
+    if epsilon is None:
+        raise PipelineInputError(f"the shard classifier covers DP shard(s) {', '.join(sorted(dp_scopes))}: pass "
+                                 "--epsilon (it is trained with DP-SGD and charged to their scopes)")
+    total = sum(counts.values())
+    q = min(int(settings["batch_size"]), total) / total
+    delta = min(ledger.status(n).delta for n in dp_scopes)
+    z = calibrate_training_noise(sample_rate=q, steps=int(settings["steps"]), epsilon=epsilon, delta=delta)
+    event = posterior_event(sample_rate=q, noise_multiplier=z, steps=int(settings["steps"]))
+    if not ledger.fits(sorted(dp_scopes), event=event, records=dp_scopes):
+        raise BudgetExceeded("the shard classifier's training does not fit the remaining budget of every DP scope of "
+                             f"{', '.join(sorted(dp_scopes))}; nothing was charged or trained")
+
+
 def _train_adapter(index, shard: str, ledger, store: Compartments, decoder, *, epsilon, non_private: bool,
                    settings: dict[str, Any], _seed) -> dict[str, Any]:
     from pipeline.finetune import DPFineTuner, finetune, images_to_tensor, read_shard_records, save_adapter
@@ -239,12 +267,12 @@ def train_compartments(
         require_own_ledger(index, ledger)
     adapter_settings = dict(ADAPTER_DEFAULTS, **(adapter or {}))
     clf_settings = dict(CLASSIFIER_DEFAULTS, **(classifier or {}))
+    clf_epsilon = classifier_epsilon if classifier_epsilon is not None else epsilon
+    _precheck_classifier(index, sorted(set(store.shards) | set(names)), store, ledger, clf_settings, clf_epsilon)
     store.body["base_decoder"] = base
     trained = [_train_adapter(index, n, ledger, store, decoder, epsilon=epsilon, non_private=non_private,
                               settings=adapter_settings, _seed=_seed) for n in names]
-    clf = _train_classifier(index, ledger, store, decoder,
-                            epsilon=classifier_epsilon if classifier_epsilon is not None else epsilon,
-                            settings=clf_settings, _seed=_seed)
+    clf = _train_classifier(index, ledger, store, decoder, epsilon=clf_epsilon, settings=clf_settings, _seed=_seed)
     store.commit()
     return {"trained": trained, "classifier": clf, "info": store.info()}
 

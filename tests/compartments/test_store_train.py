@@ -191,3 +191,19 @@ def test_single_allowed_compartment_samples_exactly_like_its_adapted_decoder(cor
     got = composed.generate(cond, steps=4, guidance_scale=2.0, generator=torch.Generator().manual_seed(1))
     want = own.generate(cond, steps=4, guidance_scale=2.0, generator=torch.Generator().manual_seed(1))
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want, strict=True))
+
+
+def test_public_shard_beside_a_dp_one_needs_the_classifier_epsilon_before_anything(corpus, ledger, decoder):
+    _train(corpus, ledger, decoder)
+    mark_public(corpus / "index", "b", note="consented")
+    spent = {n: ledger.status(n).epsilon_spent for n in ("a", "b")}
+    with pytest.raises(PipelineInputError, match="covers DP shard"):
+        train_compartments(corpus / "index", ledger, shards=["b"], non_private=True, decoder=decoder,
+                           adapter=FAST_ADAPTER, classifier=FAST_CLF, _seed=0)
+    assert {n: ledger.status(n).epsilon_spent for n in ("a", "b")} == spent
+    out = train_compartments(corpus / "index", ledger, shards=["b"], non_private=True, classifier_epsilon=8.0,
+                             decoder=decoder, adapter=FAST_ADAPTER, classifier=FAST_CLF, _seed=0)
+    assert out["info"]["shards"]["b"]["guarantee"].startswith("none")
+    assert out["info"]["shards"]["a"]["guarantee"] == "dp"
+    assert out["classifier"]["dp"]["scopes"] == ["a"]  # the public shard is pooled but not charged
+    assert ledger.status("b").epsilon_spent == spent["b"]
