@@ -1,0 +1,52 @@
+"""pipeline/cli_compartments.py on its own root app (the lead registers it in pipeline/cli.py)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from typer.testing import CliRunner
+
+from pipeline import cli_compartments
+
+
+def _app() -> typer.Typer:
+    root = typer.Typer()
+
+    @root.callback()
+    def _main() -> None:
+        pass
+
+    cli_compartments.register(root)
+    return root
+
+
+def test_cli_mark_public_train_info_forget(corpus, decoder_dir, monkeypatch):
+    from pipeline.compartments import train as train_mod
+
+    monkeypatch.setitem(train_mod.ADAPTER_DEFAULTS, "steps", 1)
+    monkeypatch.setitem(train_mod.CLASSIFIER_DEFAULTS, "steps", 3)
+    monkeypatch.setitem(train_mod.CLASSIFIER_DEFAULTS, "hidden", 16)
+    app, runner, index = _app(), CliRunner(), str(corpus / "index")
+    refused = runner.invoke(app, ["compartments", "train", "--index", index, "--non-private", "--decoder",
+                                  str(decoder_dir)])
+    assert refused.exit_code != 0 and "not marked public" in str(refused.exception)
+    for shard in ("a", "b"):
+        ok = runner.invoke(app, ["compartments", "mark-public", "--index", index, "--shard", shard, "--note", "CC0"])
+        assert ok.exit_code == 0, ok.output
+    ok = runner.invoke(app, ["compartments", "train", "--index", index, "--non-private", "--decoder",
+                             str(decoder_dir), "--json"])
+    assert ok.exit_code == 0, ok.output
+    info = runner.invoke(app, ["compartments", "info", "--index", index, "--json"])
+    assert set(json.loads(info.output)["shards"]) == {"a", "b"}
+    human = runner.invoke(app, ["compartments", "info", "--index", index])
+    assert "no DP guarantee" in human.output
+    from index import PrivateIndex
+
+    rid = next(PrivateIndex.open(index).records("b"))[1]
+    out = runner.invoke(app, ["forget", "--index", index, "--shard", "b", "--id", str(rid), "--decoder",
+                              str(decoder_dir), "--json"])
+    assert out.exit_code == 0, out.output
+    payload = json.loads(out.output)
+    assert payload["removed"] == 1 and payload["unchanged"] == ["a"] and payload["retrained"] == ["b", "classifier"]
+    assert {"shard", "seconds", "full_retrain_seconds_estimate"} <= set(payload)
