@@ -32,6 +32,7 @@ from pipeline import (
     cli_attribute,
     cli_audit,
     cli_budget,
+    cli_compartments,
     cli_data,
     cli_finetune,
     cli_generate,
@@ -195,6 +196,7 @@ cli_finetune.register(app)
 cli_attribute.register(app)
 register_serve(app)
 cli_data.register(app)
+cli_compartments.register(app)
 
 
 def _version(value: bool) -> None:
