@@ -65,6 +65,10 @@ def generate(
                                                                          show_default=False)] = None,
     adapter: Annotated[Path | None, typer.Option("--adapter", metavar="DIR", help="Adapter from 'dprdm finetune' applied to the "
                                                  "decoder (checked against its base decoder before any charge).", show_default=False)] = None,
+    compose: Annotated[bool, typer.Option("--compose", help="Decode with the targeted shards' compartments composed (CDM; "
+                                          "'dprdm compartments train' first); --shard picks the access set.")] = False,
+    weights: Annotated[str, typer.Option("--weights", metavar="MODE", help="With --compose: posterior (w = P(shard | x_t)) or "
+                                         "naive (w = shard size, for comparison only).")] = "posterior",
     threads: ThreadsOption = None,
     json_mode: JsonOption = False,
 ) -> None:
@@ -74,12 +78,12 @@ def generate(
     knobs = {"noise_level": noise_level, "embedding_norm": embedding_norm, "embedding_scaling": embedding_scaling,
              "public_embeddings": public_embeddings}
     payload = _run(prompt, index_dir, shard, image, n_images, lambda_, steps, guidance, out, ledger_path,
-                   decoder_dir, seed, threads, knobs, adapter)
+                   decoder_dir, seed, threads, knobs, adapter, weights if compose else None)
     emit(payload, json_mode=json_mode, human=_human)
 
 
 def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidance, out, ledger_path, decoder_dir,
-         seed, threads, knobs, adapter) -> dict[str, Any]:
+         seed, threads, knobs, adapter, compose) -> dict[str, Any]:
     """Open everything, run one charged query and write the outputs (only after the charge committed)."""
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -92,8 +96,8 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
     query_image = _open_image(image_path) if image_path is not None else None
     _check_out(out)
     pipe = DPRDMPipeline.from_index_dir(index_dir, ledger=ledger_path, decoder=decoder_dir, shards=shards or None,
-                                        threads=threads, decoder_options=knobs, adapter=adapter)
-    if decoder_dir is None and adapter is None:
+                                        threads=threads, decoder_options=knobs, adapter=adapter, compose=compose)
+    if decoder_dir is None and adapter is None and compose is None:
         _warn_if_far_from_bundled(pipe.encoder, prompt, query_image)
     torch_generator = None if seed is None else torch.Generator().manual_seed(seed)
     try:
@@ -102,7 +106,10 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
     except BudgetExceeded as err:
         raise _budget_refusal(pipe.retriever, err) from None
     saved = save_generation(result, out)
-    return saved.to_dict() | result.to_dict()
+    payload = saved.to_dict() | result.to_dict()
+    if compose is not None:  # shard-level attribution of this generation: the mean of w_i over the trajectory
+        payload["shard_weights"] = dict(pipe.decoder.shard_weights)
+    return payload
 
 
 def _warn_if_far_from_bundled(encoder, prompt, image) -> None:

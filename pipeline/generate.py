@@ -182,6 +182,7 @@ class DPRDMPipeline:
         threads: int | None = None,
         decoder_options: dict[str, Any] | None = None,
         adapter: str | os.PathLike[str] | None = None,
+        compose: str | None = None,
     ) -> DPRDMPipeline:
         """Open an index, its ledger, its encoder and a decoder, checking everything that can refuse a query.
 
@@ -201,6 +202,8 @@ class DPRDMPipeline:
                 :func:`pipeline.decoders.load_decoder`.
             adapter (`str | os.PathLike`, *optional*): a ``dprdm finetune`` adapter folder applied to the decoder
                 (refused, before any charge, when it was trained for another base decoder).
+            compose (`str`, *optional*): ``"posterior"`` or ``"naive"``: decode with the targeted shards'
+                compartments composed (CDM); the store is verified before any charge.
 
         Returns:
             `DPRDMPipeline`
@@ -228,6 +231,10 @@ class DPRDMPipeline:
             from pipeline.finetune import load_adapter
 
             decoder = load_adapter(decoder, expand_user(adapter))
+        if compose is not None:  # CDM: the targeted shards' compartments composed with w = P(shard | x_t)
+            from pipeline.compartments import ComposedDecoder
+
+            decoder = ComposedDecoder.from_index(index.path, decoder=decoder, allowed=retriever.shards, weights=compose)
         encoder = index.load_encoder(num_threads=threads)
         return cls(retriever, encoder, decoder)
 

@@ -50,3 +50,35 @@ def test_cli_mark_public_train_info_forget(corpus, decoder_dir, monkeypatch):
     payload = json.loads(out.output)
     assert payload["removed"] == 1 and payload["unchanged"] == ["a"] and payload["retrained"] == ["b", "classifier"]
     assert {"shard", "seconds", "full_retrain_seconds_estimate"} <= set(payload)
+
+
+def test_generate_compose_reports_shard_weights(corpus, decoder_dir, monkeypatch, tmp_path):
+    """``dprdm generate --compose`` (the real root app): one charge, images, and the mean w_i of the trajectory."""
+    from accountant import Ledger
+    from pipeline.cli import app
+    from pipeline.compartments import train as train_mod
+
+    monkeypatch.setitem(train_mod.ADAPTER_DEFAULTS, "steps", 1)
+    monkeypatch.setitem(train_mod.CLASSIFIER_DEFAULTS, "steps", 3)
+    monkeypatch.setitem(train_mod.CLASSIFIER_DEFAULTS, "hidden", 16)
+    runner, index = CliRunner(), str(corpus / "index")
+    for shard in ("a", "b"):
+        assert runner.invoke(app, ["compartments", "mark-public", "--index", index, "--shard", shard,
+                                   "--note", "CC0"]).exit_code == 0
+    trained = runner.invoke(app, ["compartments", "train", "--index", index, "--non-private", "--decoder",
+                                  str(decoder_dir), "--json"])
+    assert trained.exit_code == 0, trained.output
+    init = runner.invoke(app, ["budget", "init", "--index", index, "--epsilon", "5", "--delta", "1e-6",
+                               "--queries", "10", "--k", "3", "--q", "0.5", "--json"])
+    assert init.exit_code == 0, init.stderr
+    args = ["generate", "a handwritten digit 1", "--index", index, "--decoder", str(decoder_dir), "--compose",
+            "--n-images", "1", "--steps", "2", "--json"]
+    both = runner.invoke(app, [*args, "--out", str(tmp_path / "both")])
+    assert both.exit_code == 0, both.stderr
+    weights = json.loads(both.stdout)["shard_weights"]
+    assert set(weights) == {"a", "b"} and abs(sum(weights.values()) - 1.0) < 1e-5
+    only_a = runner.invoke(app, [*args, "--shard", "a", "--weights", "naive", "--out", str(tmp_path / "a")])
+    assert only_a.exit_code == 0, only_a.stderr
+    assert json.loads(only_a.stdout)["shard_weights"] == {"a": 1.0}
+    with Ledger(corpus / "index" / "budget.sqlite", read_only=True) as ledger:
+        assert len(ledger.history()) == 3  # two scopes charged by the first query, one by the second
