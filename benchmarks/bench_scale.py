@@ -144,7 +144,7 @@ def bench_embedding(tmp: Path) -> list[str]:
 
 
 def capacity_model(results: dict) -> list[str]:
-    n, d, q, threads, node_gib = 1e9, 768, 0.01, 32, 512
+    n, d, q, threads, node_gib, node_gbps = 1e9, 768, 0.01, 32, 512, 100.0
     fast = results[max(RATES)]  # the largest sample: the scan dominates its fixed costs
     per_thread = fast["scored"] * D * 4 / (fast["local_search"] / 1e3)  # bytes scored per second, one thread
     overhead_ms = max(results[0.01]["ray_search"] - results[0.01]["local_search"] / len(SHARDS), 0.0)
@@ -154,26 +154,30 @@ def capacity_model(results: dict) -> list[str]:
         f"q = {max(RATES)} ({per_thread / 1e9:.2f} GB/s of float32 rows scored, scattered rows), the Ray fan-out overhead "
         f"at q = 0.01 (Ray search minus one shard's local search: {overhead_ms:.1f} ms) and the rest of a query (charge, "
         f"mean, noise: {charge_ms:.1f} ms). Assumed: {threads} query threads per node each scanning its own part at "
-        f"that rate (no memory-bandwidth ceiling modelled), {node_gib} GiB RAM per node of which 80 % holds vectors, no "
-        "replication. A private query must score every kept row: bytes read = q·N·d·bytes.",
+        f"that rate but together capped at {node_gbps:.0f} GB/s of memory bandwidth per node, {node_gib} GiB RAM per node "
+        "of which 80 % holds vectors, no replication, one query at a time. A private query must score every kept row: "
+        "bytes read = q·N·d·bytes; the scan time is bytes per node / min(threads × rate, bandwidth).",
         "",
-        "| storage | index size | bytes read per query | nodes (RAM) | RAM per node | rows per node | expected latency |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| storage | index size | bytes read per query | nodes (RAM) | RAM per node | bytes read per node | scan ms "
+        "| expected latency | queries/s (scan-bound) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, width in (("float32", 4), ("float16", 2), ("int8 (fixed range)", 1)):
         total = n * d * width
         nodes = int(np.ceil(total / (0.8 * node_gib * 2**30)))
         scanned = q * n * d * width
         per_node = scanned / nodes
-        latency_ms = 1e3 * per_node / (per_thread * width / 4 * threads) + overhead_ms + charge_ms
+        scan_ms = 1e3 * per_node / min(per_thread * threads, node_gbps * 1e9)
+        latency_ms = scan_ms + overhead_ms + charge_ms
         rows.append(
             f"| {label} | {total / 1e12:.2f} TB | {scanned / 1e9:.1f} GB | {nodes} | {total / nodes / 2**30:.0f} GiB "
-            f"| {n / nodes:,.0f} | {latency_ms:,.0f} ms |"
+            f"| {per_node / 1e9:.1f} GB | {scan_ms:,.0f} | {latency_ms:,.0f} ms | {1e3 / scan_ms:.0f} |"
         )
     rows.append("")
     rows.append(
-        "float16/int8 rows assume the scan rate scales with bytes (same bytes/s); that compressed storage is not built "
-        "yet (issue 14, 'bytes per query'). With one shard actor per node the fan-out is one parallel round trip for "
+        "float16/int8 rows assume the same bytes/s (fewer bytes, fewer nodes, so more bytes per node: with RAM-sized "
+        "clusters compression saves machines, not latency; add nodes to cut latency); that compressed storage is not "
+        "built yet (issue 14, 'bytes per query'). The charge term is this machine's SQLite ledger (fsync per charge). With one shard actor per node the fan-out is one parallel round trip for "
         "the top-k lists plus one for the ≤ k rows, so the overhead term does not grow with N."
     )
     return rows

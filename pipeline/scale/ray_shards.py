@@ -106,7 +106,11 @@ class RayShardRetriever(PrivateRetriever):
         self._ray = ray
         remote = ray.remote(ShardServer).options(num_cpus=num_cpus)
         self._actors: list[Any] = [remote.remote(str(index.path), name, mmap=mmap) for name in self.shards]
-        self._describe()  # every actor has loaded and checked its shard (errors surface here, before any charge)
+        try:
+            self._describe()  # every actor has loaded and checked its shard (errors surface here, before any charge)
+        except BaseException:
+            self.close()
+            raise
 
     def _get(self, refs):
         """``ray.get`` that re-raises an actor's own error (IndexCorruptError, ...) rather than Ray's wrapper."""

@@ -84,6 +84,20 @@ def test_ray_retriever_drives_the_pipeline(ray_local, encoder, decoder, index_di
     assert result.charged and len(result.images) == 1 and len(ledger.history("default")) == 1
 
 
+def test_ray_damaged_shard_is_refused_before_any_charge(ray_local, two_shard_dir: Path, make_ledger) -> None:
+    from index import IndexCorruptError
+    from pipeline.scale.ray_shards import RayShardRetriever
+
+    index = PrivateIndex.open(two_shard_dir)
+    path = index.shard("high").path / "embeddings.npy"
+    path.write_bytes(b"\xde\xad\xbe\xef" * 16 + path.read_bytes()[64:])  # same size, wrong checksum
+    ledger = make_ledger(low=_scope(5), high=_scope(5))
+    with pytest.raises(IndexCorruptError, match="checksum mismatch") as err:
+        RayShardRetriever(index, ledger, shards=["low", "high"])
+    assert err.value.exit_code == 3 and "\n" not in str(err.value)
+    assert ledger.history() == []
+
+
 def test_without_ray_the_error_says_how_to_install(monkeypatch) -> None:
     from pipeline.scale import require_ray
 
