@@ -53,10 +53,18 @@ class ShardServer:
     def __init__(self, index_path: str, shard: str, *, mmap: bool = False) -> None:
         from index import PrivateIndex
 
-        self._shard = PrivateIndex.open(index_path, mmap=mmap).shard(shard).load()
+        # An error in an actor's constructor reaches the caller only as Ray's ActorDiedError; keep it and raise it
+        # from describe(), so the coordinator re-raises the index's own error (IndexCorruptError, exit 3).
+        self._error: Exception | None = None
+        try:
+            self._shard = PrivateIndex.open(index_path, mmap=mmap).shard(shard).load()
+        except Exception as err:  # noqa: BLE001
+            self._error = err
 
     def describe(self) -> tuple[str, int, int]:
-        """``(generation directory, N, d)`` of the loaded shard (public facts)."""
+        """``(generation directory, N, d)`` of the loaded shard (public facts); the load error, if loading failed."""
+        if self._error is not None:
+            raise self._error
         return str(self._shard.path), int(self._shard.num_records), int(self._shard.dim)
 
     def search(
