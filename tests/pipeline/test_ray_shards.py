@@ -105,3 +105,31 @@ def test_without_ray_the_error_says_how_to_install(monkeypatch) -> None:
     with pytest.raises(PipelineInputError, match=r"pip install 'dprdm\[scale\]'") as err:
         require_ray()
     assert "\n" not in str(err.value)
+
+
+def test_cli_generate_engine_ray(ray_local, index_dir: Path, make_ledger, decoder_dir, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    ledger = make_ledger(default=_scope(5))
+    result = CliRunner().invoke(app, [
+        "generate", "a handwritten digit 2", "--index", str(index_dir), "--n-images", "1", "--steps", "1",
+        "--decoder", str(decoder_dir), "--out", str(tmp_path / "out"), "--engine", "ray", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["queries_remaining"] == 4 and len(ledger.history("default")) == 1
+
+
+def test_cli_generate_engine_ray_without_ray_says_how_to_install(index_dir: Path, make_ledger, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    ledger = make_ledger(default=_scope(5))
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = CliRunner().invoke(app, ["generate", "a digit", "--index", str(index_dir), "--engine", "ray"])
+    assert result.exit_code == 2 and "pip install 'dprdm[scale]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and ledger.history() == []
