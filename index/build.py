@@ -31,6 +31,7 @@ from index.encoder import Encoder, load_encoder, torch_threads
 from index.errors import IndexInputError
 from index.ingest import ingest
 from index.quantizer import PublicQuantizer, train_public_quantizer
+from index.ray_encode import ray_encode_batches, require_ray
 from index.resume import Checkpoints
 from index.safety import IndexKind, resolve_index_type
 from index.sources import DEFAULT_MAX_PIXELS, read_source
@@ -129,6 +130,9 @@ def build_index(
     append: bool = False,
     before_commit: BeforeCommit | None = None,
     before_drop: BeforeCommit | None = None,
+    engine: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> BuildReport:
     """Build (or rebuild) shard ``shard`` of the index at ``index_dir`` from ``source``.
 
@@ -155,6 +159,9 @@ def build_index(
             committed and the exception propagates.
         before_drop: called as ``before_drop(shard, ids)`` with the content ids a rebuild drops from the shard
             (records its new source no longer holds), before ``before_commit``, with the same semantics.
+        engine: ``local`` (default: encode in this process) or ``ray`` (encode on Ray Data with ``workers``
+            encoder actors, joining ``ray_address`` or starting a local Ray; needs the ``scale`` extra). Everything
+            but the encoding (reader, dedupe, checkpoints, commit) runs here either way.
 
     Returns:
         A :class:`BuildReport` whose ``to_dict()`` equals ``PrivateIndex.open(index_dir).info()``.
@@ -168,7 +175,8 @@ def build_index(
         source, index_dir, shard=shard, model=model, pretrained=pretrained, batch_size=batch_size,
         public_train=public_train, image_column=image_column, num_threads=num_threads, progress=progress,
         index_type=index_type, max_pixels=max_pixels, on_batch=on_batch, append=append,
-        before_commit=before_commit, before_drop=before_drop,
+        before_commit=before_commit, before_drop=before_drop, engine=engine, workers=workers,
+        ray_address=ray_address,
     )  # fmt: skip
     return report
 
@@ -193,12 +201,19 @@ def run_build(
     before_drop: BeforeCommit | None = None,
     known: View | None = None,
     encoder: Encoder | None = None,
+    engine: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> tuple[BuildReport, View]:
     """:func:`build_index`, reusing the shard views of ``known`` (and its loaded ``encoder``) when current.
 
     Returns the report and the committed view, so the facade adopts it without opening the index again.
     """
     _validate(shard, batch_size)
+    if engine not in ("local", "ray"):
+        raise IndexInputError(f"--engine must be 'local' or 'ray', found {engine!r}; pass one of them")
+    if engine == "ray":
+        require_ray()  # before anything is read or created
     path = fs.expand_user(index_dir).resolve()
     if path.exists() and not path.is_dir():
         raise IndexInputError(f"--index '{index_dir}' exists and is not a directory; pass a directory path")
@@ -243,11 +258,16 @@ def run_build(
         for other in current.shards.values():
             if other.name != shard:
                 other_ids.update(other.ids.tolist())
+        encode_batches = None
+        if engine == "ray":
+            encode_batches = ray_encode_batches(
+                encoder, batch_size=batch_size, workers=workers, address=ray_address, num_threads=num_threads
+            )
         with torch_threads(num_threads):
             content, stats = ingest(
                 records, shard=shard, encoder=encoder, checkpoints=Checkpoints(path, encoder.sha256),
                 existing=existing, append=append, other_shard_ids=other_ids, batch_size=batch_size,
-                progress=progress, on_batch=on_batch,
+                progress=progress, on_batch=on_batch, encode_batches=encode_batches,
             )  # fmt: skip
         before = existing.ids if existing is not None else np.empty(0, dtype=np.int64)
         new_ids = content.ids[~np.isin(content.ids, before)]

@@ -71,6 +71,38 @@ class _ToEncode:
                     yield rec.id, self.preprocess(rec.image)
 
 
+EncodeBatches = Callable[[Iterable[tuple[int, Any]]], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
+def _as_is(image: Any) -> Any:
+    return image
+
+
+def _encode(
+    records: Iterable[Decoded | Skipped],
+    encoder: Encoder,
+    state: _State,
+    batch_size: int,
+    encode_batches: EncodeBatches | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+    """``(ids, rows, encoder seconds)`` per batch: in this process, or from ``encode_batches`` (another engine,
+    whose seconds are the wait for each batch)."""
+    if encode_batches is None:
+        for ids, pixels in _batches(_ToEncode(records, encoder.preprocess, state), batch_size):
+            tick = time.perf_counter()
+            rows_out = encoder.encode_pixels(pixels)
+            yield ids, rows_out, time.perf_counter() - tick
+        return
+    stream = encode_batches(_ToEncode(records, _as_is, state))
+    while True:
+        tick = time.perf_counter()
+        item = next(stream, None)
+        if item is None:
+            return
+        ids, rows_out = item
+        yield np.asarray(ids, dtype=np.int64), np.asarray(rows_out, dtype=np.float32), time.perf_counter() - tick
+
+
 def _batches(
     items: Iterable[tuple[int, torch.Tensor]], batch_size: int
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
@@ -95,6 +127,7 @@ def ingest(
     batch_size: int,
     progress: bool,
     on_batch: Callable[[int], None] | None,
+    encode_batches: EncodeBatches | None = None,
 ) -> tuple[ShardContent, dict[str, Any]]:
     """Produce the new content of ``shard`` and the operation statistics.
 
@@ -104,6 +137,9 @@ def ingest(
         append: True for ``add`` (keep existing rows), False for ``build`` (the shard becomes exactly the source).
         other_shard_ids: ids stored in other shards (skipped as duplicates).
         on_batch: called with the running count of encoded images after each checkpointed batch.
+        encode_batches: another encoding engine (``--engine ray``): given the ``(id, RGB image)`` records that need
+            encoding (after skips, dedupe and reuse), yields ``(ids, unit float32 rows)`` batches in any order; each
+            batch is checkpointed here as it arrives, exactly like a local batch. None: encode in this process.
     """
     started = time.perf_counter()
     known = checkpoints.load()
@@ -118,13 +154,10 @@ def ingest(
             base_skipped = list(existing.manifest.get("skipped", []))
     state = _State(known=known, other_shards=other_shard_ids, seen={r.id for r in base_rows})
     state.aliases.extend(base_aliases)
-    loader = _batches(_ToEncode(records, encoder.preprocess, state), batch_size)
     encoded, encoder_seconds = 0, 0.0
     with tqdm(desc=f"encoding shard '{shard}'", unit="img", file=sys.stderr, disable=not progress) as bar:
-        for ids, pixels in loader:
-            tick = time.perf_counter()
-            rows_out = encoder.encode_pixels(pixels)
-            encoder_seconds += time.perf_counter() - tick
+        for ids, rows_out, seconds in _encode(records, encoder, state, batch_size, encode_batches):
+            encoder_seconds += seconds
             checkpoints.save(ids, rows_out)
             known.update(zip(ids.tolist(), rows_out, strict=True))
             encoded += len(ids)

@@ -71,6 +71,10 @@ def generate(
                                          "naive (w = shard size, for comparison only).")] = "posterior",
     threads: ThreadsOption = None,
     json_mode: JsonOption = False,
+    engine: Annotated[str, typer.Option("--engine", metavar="ENGINE", help="local, or ray: each shard searched by a Ray actor "
+                                        "(same mechanism; pip install 'dprdm[scale]').")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", metavar="ADDR", help="Ray cluster to join with --engine ray "
+                                                    "(e.g. auto); default: start a local Ray.", show_default=False)] = None,
 ) -> None:
     """Generate images conditioned on a differentially private retrieval."""
     if (prompt is None) == (image is None):
@@ -78,12 +82,12 @@ def generate(
     knobs = {"noise_level": noise_level, "embedding_norm": embedding_norm, "embedding_scaling": embedding_scaling,
              "public_embeddings": public_embeddings}
     payload = _run(prompt, index_dir, shard, image, n_images, lambda_, steps, guidance, out, ledger_path,
-                   decoder_dir, seed, threads, knobs, adapter, weights if compose else None)
+                   decoder_dir, seed, threads, knobs, adapter, weights if compose else None, engine, ray_address)
     emit(payload, json_mode=json_mode, human=_human)
 
 
 def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidance, out, ledger_path, decoder_dir,
-         seed, threads, knobs, adapter, compose) -> dict[str, Any]:
+         seed, threads, knobs, adapter, compose, engine="local", ray_address=None) -> dict[str, Any]:
     """Open everything, run one charged query and write the outputs (only after the charge committed)."""
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -96,7 +100,8 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
     query_image = _open_image(image_path) if image_path is not None else None
     _check_out(out)
     pipe = DPRDMPipeline.from_index_dir(index_dir, ledger=ledger_path, decoder=decoder_dir, shards=shards or None,
-                                        threads=threads, decoder_options=knobs, adapter=adapter, compose=compose)
+                                        threads=threads, decoder_options=knobs, adapter=adapter, compose=compose,
+                                        engine=engine, ray_address=ray_address)
     if decoder_dir is None and adapter is None and compose is None:
         _warn_if_far_from_bundled(pipe.encoder, prompt, query_image)
     torch_generator = None if seed is None else torch.Generator().manual_seed(seed)

@@ -127,6 +127,19 @@ def build(
     ] = None,
     threads: ThreadsOption = None,
     json_mode: JsonOption = False,
+    engine: Annotated[
+        str,
+        typer.Option("--engine", metavar="ENGINE",
+                     help="local (encode in this process) or ray (Ray Data encoder actors; pip install 'dprdm[scale]')."),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", metavar="ADDR", show_default=False,
+                     help="Ray cluster to join with --engine ray (e.g. auto); default: start a local Ray."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", metavar="N", help="Encoder actors with --engine ray.")
+    ] = 1,
 ) -> None:
     """Build (or rebuild) a shard from SOURCE; re-running an interrupted build resumes it."""
     from index import build_index
@@ -142,6 +155,7 @@ def build(
         progress=_show_progress(json_mode), index_type=index_type,
         before_commit=membership_hook(ledger, joining=True),
         before_drop=forget_hook(index, membership_hook(ledger, joining=False)),
+        engine=engine, workers=workers, ray_address=ray_address,
     )  # fmt: skip
     with after_commit(f"the build of shard '{shard}' committed; see 'dprdm index info --index {index}'"):
         _warn_if_far_from_bundled(index, shard)

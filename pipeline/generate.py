@@ -183,6 +183,8 @@ class DPRDMPipeline:
         decoder_options: dict[str, Any] | None = None,
         adapter: str | os.PathLike[str] | None = None,
         compose: str | None = None,
+        engine: str = "local",
+        ray_address: str | None = None,
     ) -> DPRDMPipeline:
         """Open an index, its ledger, its encoder and a decoder, checking everything that can refuse a query.
 
@@ -204,6 +206,9 @@ class DPRDMPipeline:
                 (refused, before any charge, when it was trained for another base decoder).
             compose (`str`, *optional*): ``"posterior"`` or ``"naive"``: decode with the targeted shards'
                 compartments composed (CDM); the store is verified before any charge.
+            engine (`str`, *optional*, defaults to ``"local"``): ``"ray"`` searches each shard in a Ray actor
+                (:class:`pipeline.scale.ray_shards.RayShardRetriever`, same mechanism; needs ``dprdm[scale]``),
+                joining ``ray_address`` or starting a local Ray.
 
         Returns:
             `DPRDMPipeline`
@@ -222,7 +227,14 @@ class DPRDMPipeline:
         index = PrivateIndex.open(expand_user(index_dir))
         if ledger is None or isinstance(ledger, str | os.PathLike):
             ledger = index_ledger(index, ledger)  # the index's one ledger; any other is refused (exit 3)
-        retriever = PrivateRetriever(index, ledger, shards=shards)  # refuses missing / mismatched scopes
+        if engine not in ("local", "ray"):
+            raise PipelineInputError(f"--engine must be 'local' or 'ray', found {engine!r}; pass one of them")
+        if engine == "ray":
+            from pipeline.scale.ray_shards import RayShardRetriever
+
+            retriever = RayShardRetriever(index, ledger, shards=shards, address=ray_address)
+        else:
+            retriever = PrivateRetriever(index, ledger, shards=shards)  # refuses missing / mismatched scopes
         if decoder is None or isinstance(decoder, str | os.PathLike):
             # the decoder's width is read from its config and checked before any model is loaded or charged
             _check_widths(describe_decoder(decoder).condition_dim, "decoder condition width", retriever.dim)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from accountant import Ledger, Mechanism, Receipt, ScopeStatus
     from index import PrivateIndex
 
-__all__ = ["PrivateRelease", "PrivateRetriever"]
+__all__ = ["PrivateRelease", "PrivateRetriever", "merge_topk", "shard_streams"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,7 +175,7 @@ class PrivateRetriever:
         vector = _check_query(query, self.dim)
         mechanism = self._mechanism
         # 2. load and check every targeted shard (cached): damage surfaces here, before anything is charged
-        records = {name: self.index.shard(name).load().num_records for name in self.shards}
+        records = self._load_targets()
         # 3. charge: one transaction over every targeted scope, delta < 1/N checked against each shard's current
         #    N; an exception here releases nothing
         receipt = self.ledger.charge(list(self.shards), records=records, caller=caller, purpose=purpose)
@@ -194,20 +194,48 @@ class PrivateRetriever:
             statuses=receipt.statuses,
         )
 
+    def _load_targets(self) -> dict[str, int]:
+        """Load and check every targeted shard (cached on the view); return each shard's current N."""
+        return {name: self.index.shard(name).load().num_records for name in self.shards}
+
     def _neighbours(self, query: np.ndarray, k: int, q: float, rng: np.random.Generator) -> np.ndarray:
-        """Embeddings of the k best records of the union of per-shard Poisson subsamples (≤ k rows)."""
-        owners, ids, scores, positions = [], [], [], []
-        for owner, name in enumerate(self.shards):
-            shard_ids, shard_scores, shard_positions = _subsample_search(self.index.shard(name), query, k, q, rng)
-            owners.append(np.full(shard_ids.size, owner))
-            ids.append(shard_ids)
-            scores.append(shard_scores)
-            positions.append(shard_positions)
-        owner, record = np.concatenate(owners), np.concatenate(ids)
-        score, position = np.concatenate(scores), np.concatenate(positions)
-        # Global top-k: score, then shard order, then id (the per-shard lists already obey the id tie-break).
-        best = np.lexsort((record, owner, -score.astype(np.float64)))[:k]
-        rows = [
-            self.index.shard(self.shards[o]).rows(position[best][owner[best] == o]) for o in np.unique(owner[best])
+        """Embeddings of the k best records of the union of per-shard Poisson subsamples (≤ k rows).
+
+        Shard ``i`` draws its subsample from ``shard_streams(rng, n)[i]``: one independent stream per shard, so a
+        shard served elsewhere (:mod:`pipeline.scale.ray_shards`) consumes exactly the same randomness.
+        """
+        found = [
+            _subsample_search(self.index.shard(name), query, k, q, stream)
+            for name, stream in zip(self.shards, shard_streams(rng, len(self.shards)), strict=True)
         ]
+        chosen = merge_topk(found, k)
+        rows = [self.index.shard(self.shards[owner]).rows(positions) for owner, positions in chosen]
         return np.concatenate(rows, axis=0) if rows else np.empty((0, self.dim), dtype=np.float32)
+
+
+def shard_streams(rng: np.random.Generator, count: int) -> list[np.random.Generator]:
+    """``count`` independent generators spawned from ``rng`` (one per targeted shard, in shard order).
+
+    ``Generator.spawn`` derives child seed sequences without advancing ``rng``'s own stream, which then draws the
+    noise. From :func:`pipeline.mechanism.secure_rng` the children are as unpredictable as their parent.
+    """
+    return rng.spawn(count)
+
+
+def merge_topk(
+    found: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int
+) -> list[tuple[int, np.ndarray]]:
+    """Exact global top-k over per-shard ``(ids, scores, positions)`` lists: score, then shard order, then id.
+
+    Returns ``[(shard number, positions of its chosen rows)]`` in increasing shard number, for the shards that
+    hold at least one of the k best. Private values: used inside the mechanism only.
+    """
+    if not found:
+        return []
+    owner = np.concatenate([np.full(ids.size, number) for number, (ids, _, _) in enumerate(found)])
+    record = np.concatenate([ids for ids, _, _ in found])
+    score = np.concatenate([scores for _, scores, _ in found])
+    position = np.concatenate([positions for _, _, positions in found])
+    # Global top-k: score, then shard order, then id (the per-shard lists already obey the id tie-break).
+    best = np.lexsort((record, owner, -score.astype(np.float64)))[:k]
+    return [(int(o), position[best][owner[best] == o]) for o in np.unique(owner[best])]

@@ -61,9 +61,9 @@ def test_release_equals_the_mechanism_on_the_union_of_shards(encoder, two_shard_
     release = PrivateRetriever(index, ledger, shards=["low", "high"]).retrieve(query, _rng=np.random.default_rng(7))
     rng = np.random.default_rng(7)
     kept = []
-    for name in ("low", "high"):
+    for name, stream in zip(("low", "high"), rng.spawn(2), strict=True):  # one spawned stream per shard
         shard = index.shard(name)
-        kept.append(np.asarray(shard.embeddings)[poisson_subsample(shard.num_records, Q, rng)])
+        kept.append(np.asarray(shard.embeddings)[poisson_subsample(shard.num_records, Q, stream)])
     union = np.concatenate(kept)
     best = union[np.argsort(-(union @ query), kind="stable")[: K]]
     expected = privatize(aggregate(best, K), release.sigma, _rng=rng)
