@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[dev,serve]"
+	$(PY) -m pip install -q -e ".[dev,serve,scale]"
 	touch $@
 
 demo: $(VENV)/.installed
