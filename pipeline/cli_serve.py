@@ -13,7 +13,15 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline._cli_common import EXIT_CODES, IndexOption, JsonOption, ThreadsOption, emit, make_typer
+from pipeline._cli_common import (
+    EXIT_CODES,
+    IndexOption,
+    JsonOption,
+    LedgerOption,
+    ThreadsOption,
+    emit,
+    make_typer,
+)
 from pipeline.errors import PipelineInputError, PrivacyRefusal
 
 app = make_typer(help="API keys of an index for 'dprdm serve': each key reaches some shards, with a quota.")
@@ -22,7 +30,8 @@ SERVE_HELP = f"""Serve private generation over HTTP (FastAPI + uvicorn; needs th
 
 Callers authenticate with a key from 'dprdm keys add' (Authorization: Bearer TOKEN). Every generation is charged to
 the index's one ledger and committed before the response is sent. Binds 127.0.0.1 unless --host says otherwise.
-Open http://HOST:PORT/ for the web page and /docs for the API.
+Open http://HOST:PORT/ for the web page and /docs for the API. --engine ray answers each shard from a Ray actor
+(one per shard, shared by every request; needs the 'scale' extra); it runs one server process.
 
 {EXIT_CODES}"""
 
@@ -153,6 +162,13 @@ def serve(
     cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", metavar="URL", show_default=False,
                                                           help="Allow this browser origin (repeat); no CORS by default.")] = None,
     threads: ThreadsOption = None,
+    ledger: LedgerOption = None,
+    engine: Annotated[str, typer.Option("--engine", metavar="ENGINE",
+                                        help="local, or ray: each shard answered by a Ray actor, one per shard shared "
+                                             "by all requests (same mechanism; pip install 'dprdm[scale]').")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", metavar="ADDR", show_default=False,
+                                                    help="Ray cluster to join with --engine ray (e.g. auto); default: "
+                                                         "start a local Ray, shut down with the server.")] = None,
     json_mode: JsonOption = False,
 ) -> None:
     """Run the HTTP service until interrupted (--json: start-up errors as one JSON line)."""
@@ -162,19 +178,33 @@ def serve(
         import uvicorn
     except ImportError:
         raise PipelineInputError("dprdm serve needs the 'serve' extra: pip install 'dprdm[serve]'") from None
+    if engine not in ("local", "ray"):
+        raise PipelineInputError(f"--engine must be 'local' or 'ray', found {engine!r}; pass one of them")
+    if engine == "ray":
+        from pipeline.scale import require_ray
+
+        if workers > 1:
+            raise PipelineInputError(
+                "--engine ray runs one server process (its shard actors are shared by every request; each worker "
+                "would start its own copy of every shard); drop --workers, scale with Ray nodes instead"
+            )
+        require_ray()  # the one-line install hint (exit 2), before anything is opened or started
+    if ray_address is not None and engine != "ray":
+        raise PipelineInputError("--ray-address needs --engine ray; pass both or neither")
     if not index_dir.is_dir():
         raise PipelineInputError(f"--index {index_dir} is not a directory; build it with 'dprdm index build'")
     config = ServeConfig(
         index_dir=Path(index_dir).absolute(), decoder=None if decoder is None else Path(decoder),
         max_batch=max_batch, group_commit=not no_group_commit, max_body_bytes=max_body,
-        cors_origins=tuple(cors_origin or ()), threads=threads,
+        cors_origins=tuple(cors_origin or ()), threads=threads, ledger=ledger, engine=engine,
+        ray_address=ray_address,
     )  # fmt: skip
     settings = {"host": host, "port": port, "access_log": False, "log_level": "info", "timeout_graceful_shutdown": 10}
     if workers == 1:
         from pipeline.serve.app import create_app
 
         application = create_app(config)  # opens everything now: refusals surface as CLI errors (exit 2/3)
-        typer.echo(f"dprdm serve: http://{host}:{port}/ (docs at /docs)", err=True)
+        typer.echo(f"dprdm serve: http://{host}:{port}/ (docs at /docs, engine {engine})", err=True)
         uvicorn.run(application, **settings)
     else:
         os.environ["DPRDM_SERVE_CONFIG"] = json.dumps(config.to_env())

@@ -28,6 +28,7 @@ the released :class:`pipeline.PrivateRelease` holds only the noisy vector and th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from accountant import Ledger
     from index import PrivateIndex
 
-__all__ = ["RayShardRetriever", "ShardServer"]
+__all__ = ["RayShardRetriever", "ShardActorPool", "ShardServer"]
 
 
 class ShardServer:
@@ -167,3 +168,102 @@ class RayShardRetriever(PrivateRetriever):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ShardActorPool:
+    """One Ray actor per shard of an index, created once and shared by many retrievers (``dprdm serve``).
+
+    A service answers many shard selections (each key's access set, each request's ``shards``); with a
+    :class:`RayShardRetriever` per selection every selection would load its own copy of each shard. The pool loads
+    each shard once, in one actor, and :meth:`retriever` hands out retrievers over any selection that reuse those
+    actors (same checks, same charge, same mechanism as :class:`RayShardRetriever`).
+
+    Args:
+        index (`index.PrivateIndex`): the opened index (readable at the same path on every node hosting an actor).
+        address (`str`, *optional*): Ray cluster to join when Ray is not initialised yet; ``None`` starts a local
+            Ray, which :meth:`close` shuts down again.
+        num_cpus (`float`, *optional*): CPUs reserved per actor; default ``min(1, cluster CPUs / shards)`` so that
+            every shard's actor can be placed on a small cluster too.
+        mmap (`bool`): actors memory-map their shard instead of reading it into memory.
+
+    Raises:
+        PipelineInputError: Ray is not installed (one line: how to install it).
+        PrivacyRefusal, index.IndexCorruptError: an actor's shard differs from the manifest or is damaged (the
+            actors already started are killed).
+    """
+
+    def __init__(
+        self,
+        index: PrivateIndex,
+        *,
+        address: str | None = None,
+        num_cpus: float | None = None,
+        mmap: bool = False,
+    ) -> None:
+        ray = require_ray()
+        self._ray = ray
+        self._started = not ray.is_initialized()
+        if self._started:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        self.index = index
+        names = list(index.shard_names)
+        if num_cpus is None:
+            num_cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1.0)) / max(1, len(names)))
+        remote = ray.remote(ShardServer).options(num_cpus=num_cpus)
+        self._actors: dict[str, Any] = {name: remote.remote(str(index.path), name, mmap=mmap) for name in names}
+        try:
+            if names:  # every actor has loaded and checked its shard (errors surface now, before any query)
+                self.retriever(None, names, check=False)._describe()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def shards(self) -> tuple[str, ...]:
+        """The shards that have an actor (every shard of the index when the pool was created)."""
+        return tuple(self._actors)
+
+    def retriever(self, ledger: Ledger | None, shards: Sequence[str] | None = None, *, check: bool = True) -> Any:
+        """A :class:`RayShardRetriever` over ``shards`` that uses this pool's actors (closing it kills none).
+
+        Raises:
+            PipelineInputError, PrivacyRefusal: as :class:`pipeline.PrivateRetriever` (bad selection, scopes).
+        """
+        return _PooledRetriever(self, ledger, shards, check=check)
+
+    def close(self) -> None:
+        """Kill the actors, and shut Ray down when this pool started it."""
+        for actor in self._actors.values():
+            with suppress(Exception):  # an actor that already died
+                self._ray.kill(actor)
+        self._actors = {}
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._started = False
+
+    def __enter__(self) -> ShardActorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _PooledRetriever(RayShardRetriever):
+    """A :class:`RayShardRetriever` whose actors belong to a :class:`ShardActorPool` (built by ``pool.retriever``)."""
+
+    def __init__(self, pool: ShardActorPool, ledger: Any, shards: Sequence[str] | None, *, check: bool) -> None:
+        if check:
+            PrivateRetriever.__init__(self, pool.index, ledger, shards=shards)  # selection, own ledger, scopes
+        else:  # the pool's own start-up check: no ledger, every shard
+            self.index, self.ledger, self.shards = pool.index, ledger, tuple(shards or ())
+        missing = [name for name in self.shards if name not in pool.shards]
+        if missing:
+            raise PrivacyRefusal(
+                f"shard {missing[0]!r} has no Ray actor (it was added after the service started); restart the service"
+            )
+        self._ray = pool._ray
+        self._actors = [pool._actors[name] for name in self.shards]
+
+    def close(self) -> None:
+        """Forget the actors (the pool owns them and kills them in :meth:`ShardActorPool.close`)."""
+        self._actors = []

@@ -5,8 +5,8 @@ Endpoints: ``POST /v1/generations``, ``GET /v1/budget``, ``GET /v1/shards`` (the
 
 Errors are ``{"error": {"type": TYPE, "message": ...}}`` with a stable ``type``: 401 ``unauthorized`` /
 ``key_revoked``, 403 ``shard_forbidden``, 429 ``quota_exhausted``, 409 ``budget_exhausted`` (a shard's global
-budget), 413 ``payload_too_large``, 422 ``invalid_request``, 503 ``ledger_unavailable``, 404 ``not_found``,
-500 ``internal_error``. Messages are written by dprdm and never carry anything about private records.
+budget), 409 ``compartments_unavailable``, 413 ``payload_too_large``, 422 ``invalid_request``, 503
+``ledger_unavailable``, 503 ``compartments_damaged``, 404 ``not_found``, 500 ``internal_error``. Messages are written by dprdm and never carry anything about private records.
 
 The access log (logger ``pipeline.serve.access``) has one line per request: request id, key name, status and
 time; never the prompt, neighbours, scores or noise. Request bodies above ``max_body_bytes`` are refused (413)
@@ -21,7 +21,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from importlib.resources import files
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,6 +53,11 @@ class GenerationBody(BaseModel):
     steps: int = Field(25, ge=1, le=1000, description="Decoder denoising steps.")
     guidance: float = Field(2.0, ge=0.0, le=100.0, description="Classifier-free guidance scale.")
     shards: list[str] | None = Field(None, max_length=64, description="Shards to query (default: all of the key's).")
+    compose: bool = Field(False, description="Decode with the shards' compartments composed (CDM; 'dprdm compartments "
+                          "train' first); the response adds shard_weights.")
+    weights: Literal["posterior", "naive"] | None = Field(
+        None, description="With compose: posterior (w = P(shard | x_t), the default) or naive (w = shard size)."
+    )
 
 
 def _error(status: int, kind: str, message: str, request_id: str | None = None) -> JSONResponse:
@@ -195,9 +200,12 @@ def create_app(config: ServeConfig, *, service: Service | None = None) -> Any:
             raise InvalidRequest(f"n must be at most {svc.config.max_images} on this server")
         if body.steps > svc.config.max_steps:
             raise InvalidRequest(f"steps must be at most {svc.config.max_steps} on this server")
+        if body.weights is not None and not body.compose:
+            raise InvalidRequest("weights needs \"compose\": true; leave it out otherwise")
         request = GenerationRequest(
             prompt=body.prompt, image=body.image, n=body.n, lambda_=body.lambda_, steps=body.steps,
             guidance=body.guidance, shards=None if body.shards is None else tuple(body.shards),
+            compose=(body.weights or "posterior") if body.compose else None,
         )
         return svc.generate(key, request)
 

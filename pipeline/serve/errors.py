@@ -11,6 +11,8 @@ from pipeline.errors import PipelineError, PipelineInputError, PrivacyRefusal
 __all__ = [
     "ApiError",
     "BudgetExhausted",
+    "CompartmentsDamagedError",
+    "CompartmentsUnavailable",
     "InvalidRequest",
     "KeyRevoked",
     "KeyStoreInputError",
@@ -59,6 +61,18 @@ class BudgetExhausted(ApiError):
     """409: a shard's global privacy budget (over every key together) does not admit this query."""
 
     status, kind = 409, "budget_exhausted"
+
+
+class CompartmentsUnavailable(ApiError):
+    """409: ``compose`` was asked but the index has no compartments, or none for a targeted shard."""
+
+    status, kind = 409, "compartments_unavailable"
+
+
+class CompartmentsDamagedError(ApiError):
+    """503: the compartments store fails its checks (manifest, an adapter, the classifier); nothing charged."""
+
+    status, kind = 503, "compartments_damaged"
 
 
 class ServiceUnavailable(ApiError):

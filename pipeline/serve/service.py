@@ -7,10 +7,18 @@ Order of one generation request (the CLI's order, with the key checks in front):
 2. an uploaded image is decoded through the index build's guards (:func:`index.sources.decode_image`:
    decompression bombs and oversized images refused, 422);
 3. the key's quota is reserved, durably (429 when used up; see :mod:`pipeline.serve.keys` for why first);
+   With ``"compose": true`` the compartments of exactly those shards are checked first (:mod:`pipeline.serve.
+   compose`: 409 ``compartments_unavailable``, 503 ``compartments_damaged``), also before anything is reserved;
 4. :class:`pipeline.DPRDMPipeline` runs: encode, **charge the ledger and commit** (group commit), retrieve,
-   noise, mix, decode (batched). A ledger refusal releases the reservation and answers 409
-   ``budget_exhausted``; nothing was charged or released;
+   noise, mix, decode (batched; composed decodes one request at a time). A ledger refusal releases the
+   reservation and answers 409 ``budget_exhausted``; nothing was charged or released;
 5. the images are encoded as PNG and returned, after the commit.
+
+Engines: ``local`` searches the shards in this process (every shard loaded once at start-up); ``ray`` starts (or
+joins) Ray and creates ONE actor per shard at start-up (:class:`pipeline.scale.ray_shards.ShardActorPool`); every
+shard selection's retriever reuses those actors, and :meth:`Service.close` kills them (and shuts Ray down when the
+service started it). The coordinator — this process — still checks, charges (group commit), merges and adds the
+noise: the same mechanism and accounting as the local engine.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ class ServeConfig:
         max_images: most images per request. max_steps: most decoder steps per request.
         cors_origins: origins allowed by CORS (empty = no CORS headers at all).
         threads: torch threads (None = torch's default).
+        ledger: the index's ledger given explicitly (a file or a ``postgresql://`` URL; None = the bound one).
+        engine: ``"local"`` or ``"ray"`` (shards searched by Ray actors, one per shard, shared by all requests).
+        ray_address: Ray cluster to join with ``engine="ray"`` (``"auto"``, ...); None starts a local Ray.
     """
 
     index_dir: Path
@@ -60,6 +71,9 @@ class ServeConfig:
     max_steps: int = 200
     cors_origins: tuple[str, ...] = ()
     threads: int | None = None
+    ledger: str | None = None
+    engine: str = "local"
+    ray_address: str | None = None
 
     def to_env(self) -> dict[str, Any]:
         """JSON form (passed to worker processes)."""
@@ -74,6 +88,9 @@ class ServeConfig:
             "max_steps": self.max_steps,
             "cors_origins": list(self.cors_origins),
             "threads": self.threads,
+            "ledger": self.ledger,
+            "engine": self.engine,
+            "ray_address": self.ray_address,
         }
 
     @classmethod
@@ -102,6 +119,7 @@ class GenerationRequest:
     steps: int
     guidance: float
     shards: tuple[str, ...] | None
+    compose: str | None = None  # "posterior" or "naive": decode with the shards' compartments composed (CDM)
 
 
 @dataclass
@@ -114,6 +132,9 @@ class Service:
     keys: KeyStore
     encoder: Any
     decoder: Any
+    base_decoder: Any = None
+    pool: Any = None
+    composed: Any = None
     _pipelines: dict[tuple[str, ...], Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -124,37 +145,59 @@ class Service:
         Raises:
             PrivacyRefusal, accountant.LedgerUnavailable: no or foreign ledger (exit 3).
             KeyStoreUnavailable: no key store yet (``dprdm keys add`` creates it) or a damaged one.
-            PipelineInputError: a decoder of another width.
+            PipelineInputError: a decoder of another width, an unknown engine, Ray not installed (``engine="ray"``).
+            index.IndexCorruptError: a damaged shard (found by its Ray actor with ``engine="ray"``).
         """
         from index import PrivateIndex
         from pipeline.decoders import describe_decoder, load_decoder
+        from pipeline.errors import PipelineInputError
         from pipeline.generate import _check_widths
         from pipeline.ledgers import index_ledger
         from pipeline.serve.batching import BatchingDecoder, GroupCommitLedger, LockedEncoder
+        from pipeline.serve.compose import ComposedDecoders
 
+        if config.engine not in ("local", "ray"):
+            raise PipelineInputError(f"--engine must be 'local' or 'ray', found {config.engine!r}; pass one of them")
+        if config.engine == "ray":
+            from pipeline.scale import require_ray
+
+            require_ray()  # one line saying how to install it, before anything is opened
         if config.threads is not None:
             import torch
 
             torch.set_num_threads(config.threads)
         idx = PrivateIndex.open(config.index_dir)
         keys = KeyStore.for_index(idx.path)
-        ledger = index_ledger(idx)
-        for name in idx.shard_names:
-            idx.shard(name).load()  # damage surfaces now; the request threads then only read
+        ledger = index_ledger(idx, config.ledger)
+        if config.engine == "local":
+            for name in idx.shard_names:
+                idx.shard(name).load()  # damage surfaces now; the request threads then only read
         _check_widths(describe_decoder(config.decoder).condition_dim, "decoder condition width", int(idx.dim))
-        decoder = BatchingDecoder(load_decoder(config.decoder), max_batch=config.max_batch)
+        base = load_decoder(config.decoder)
         encoder = LockedEncoder(idx.load_encoder(num_threads=config.threads))
+        pool = None
+        if config.engine == "ray":  # one actor per shard, loaded and checked now (a damaged shard stops start-up)
+            from pipeline.scale.ray_shards import ShardActorPool
+
+            pool = ShardActorPool(idx, address=config.ray_address)
+        decoder = BatchingDecoder(base, max_batch=config.max_batch)
         book = GroupCommitLedger(ledger) if config.group_commit else ledger
-        return cls(config=config, index=idx, ledger=book, keys=keys, encoder=encoder, decoder=decoder)
+        return cls(
+            config=config, index=idx, ledger=book, keys=keys, encoder=encoder, decoder=decoder, base_decoder=base,
+            pool=pool, composed=ComposedDecoders(idx.path, base),
+        )
 
     def close(self) -> None:
-        """Stop the worker threads and close the files."""
+        """Stop the worker threads, kill the Ray shard actors (and Ray, if this service started it), close files."""
         from pipeline.serve.batching import BatchingDecoder, GroupCommitLedger
 
         if isinstance(self.decoder, BatchingDecoder):
             self.decoder.close()
         if isinstance(self.ledger, GroupCommitLedger):
             self.ledger.close()
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
         self.keys.close()
 
     # -- helpers --------------------------------------------------------------------------------------------
@@ -166,7 +209,10 @@ class Service:
                 from pipeline.generate import DPRDMPipeline
                 from pipeline.retrieve import PrivateRetriever
 
-                retriever = PrivateRetriever(self.index, self.ledger, shards=shards)
+                if self.pool is not None:  # engine "ray": a retriever over the shared shard actors
+                    retriever = self.pool.retriever(self.ledger, shards)
+                else:
+                    retriever = PrivateRetriever(self.index, self.ledger, shards=shards)
                 pipe = DPRDMPipeline(retriever, self.encoder, self.decoder)
                 self._pipelines[shards] = pipe
             return pipe
@@ -215,6 +261,12 @@ class Service:
         shards = self.select_shards(key, request.shards)
         image = None if request.image is None else self.decode_upload(request.image)
         pipe = self.pipeline(shards)
+        composed = None
+        if request.compose is not None:  # checked (store verified) before anything is reserved or charged
+            from pipeline.generate import DPRDMPipeline
+
+            composed = self.composed.for_request(shards, request.compose)
+            pipe = DPRDMPipeline(pipe.retriever, self.encoder, composed)
         charged = request.lambda_ > 0.0
         if charged:
             key = self.keys.reserve(key.key_id)
@@ -253,7 +305,8 @@ class Service:
         key_left = key.queries_remaining
         shard_left = result.queries_remaining
         receipt = result.receipt
-        return {
+        attribution = {} if composed is None else {"shard_weights": dict(composed.shard_weights)}
+        return attribution | {
             "images": images,
             "charged": result.charged,
             "shards": list(shards),
