@@ -1,0 +1,122 @@
+"""``dprdm serve --engine ray`` (issue 14): shards answered by Ray actors, one per shard shared by every request.
+
+The HTTP test runs a real ``dprdm serve --engine ray`` subprocess on 127.0.0.1 (it starts its own local Ray and
+shuts it down on exit); the equality test runs the service in-process on Ray's local mode
+(``ray.init(num_cpus=2)``). Skipped without Ray (the ``scale`` extra), except the install-hint test.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from server_process import ServerProcess
+from typer.testing import CliRunner
+
+from accountant import Ledger
+from pipeline.cli import app
+from pipeline.serve import KeyStore, ServeConfig
+
+GEN = {"prompt": "a handwritten digit 7", "n": 1, "steps": 1}
+
+
+def _session(sid: int) -> list[str]:
+    """Names of the live processes of session ``sid`` (the server was started in its own session)."""
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            names.append(text[text.index("(") + 1 : text.rindex(")")])
+    return names
+
+
+def _history(index) -> dict[str, int]:
+    with Ledger(index / "budget.sqlite", read_only=True) as ledger:
+        return {name: len(ledger.history(name)) for name in ("low", "high")}
+
+
+@pytest.mark.slow
+def test_http_generation_through_ray_actors_charges_once_and_shuts_ray_down(index_dir, add_key):
+    pytest.importorskip("ray")
+    token = add_key(index_dir, "alice", max_queries=5)
+    server = ServerProcess(index_dir, "--engine", "ray", "--ledger", str(index_dir / "budget.sqlite"))
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            response = http.post("/v1/generations", json=GEN, headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert len(body["images"]) == 1 and body["charged"] is True and body["shards"] == ["low", "high"]
+            narrowed = http.post("/v1/generations", json=GEN | {"shards": ["high"]},
+                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            assert narrowed.status_code == 200, narrowed.text
+        with Ledger(index_dir / "budget.sqlite", read_only=True) as ledger:
+            assert [row.group_id for row in ledger.history("low")] == [body["receipt"]["group_id"]]
+            assert ledger.status("high").queries_charged == 2
+        assert KeyStore.for_index(index_dir).list()[0].used == 2
+    finally:
+        server.stop()
+    assert server.process.returncode == 0, "".join(server.log[-20:])
+    deadline = time.monotonic() + 30  # no Ray process (gcs, raylet, actors, workers) of its session is left
+    while _session(server.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _session(server.process.pid) == []
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_service_ray_engine_releases_the_local_vector_with_one_actor_set(ray_local, index_dir, add_key):
+    from pipeline.serve.service import Service
+
+    add_key(index_dir, "alice")  # the service opens the index's key store
+    remote = Service.open(ServeConfig(index_dir=index_dir, engine="ray", threads=1))
+    local = Service.open(ServeConfig(index_dir=index_dir, threads=1))
+    try:
+        selections = [("low", "high"), ("high",), ("low", "high")]
+        for seed, shards in enumerate(selections):  # the pipelines' seeded test hook (_rng), per selection
+            got, want = (
+                svc.pipeline(shards)("a handwritten digit 4", num_images=1, steps=1, _rng=np.random.default_rng(seed))
+                for svc in (remote, local)
+            )
+            np.testing.assert_array_equal(got.release.vector, want.release.vector)
+        ids = {shards: [a._actor_id for a in remote.pipeline(shards).retriever._actors] for shards in selections}
+        assert ids[("high",)] == ids[("low", "high")][1:]  # one actor per shard, shared by every selection
+        actors = list(remote.pool._actors.values())
+        assert len(actors) == 2
+    finally:
+        remote.close()
+        local.close()
+    assert _history(index_dir) == {"low": 4, "high": 6}
+    for actor in actors:  # the service killed its actors; Ray itself (started by the test) stays up
+        with pytest.raises(ray_local.exceptions.RayActorError):
+            ray_local.get(actor.describe.remote(), timeout=60)
+    assert ray_local.is_initialized()
+
+
+def test_serve_engine_ray_without_ray_says_how_to_install(index_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    result = CliRunner().invoke(app, ["serve", "--index", str(index_dir), "--engine", "ray", "--port", "0"])
+    assert result.exit_code == 2 and "pip install 'dprdm[scale]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and _history(index_dir) == {"low": 0, "high": 0}
+
+
+def test_serve_engine_ray_refuses_several_workers(index_dir):
+    result = CliRunner().invoke(app, ["serve", "--index", str(index_dir), "--engine", "ray", "--workers", "2"])
+    assert result.exit_code == 2 and "--engine ray runs one server process" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    bad = CliRunner().invoke(app, ["serve", "--index", str(index_dir), "--ray-address", "auto"])
+    assert bad.exit_code == 2 and "--ray-address needs --engine ray" in bad.stderr
