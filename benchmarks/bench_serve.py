@@ -14,7 +14,13 @@ latency at 1, 4 and 16 concurrent clients with and without dynamic batching and 
    ``BENCH_ROUNDS`` rounds (median per cell), so drifting background load hits every setting alike. Every request is one private query charged and committed before its response;
    the charges/s the ledger committed under that load equal the requests/s.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_serve.py`` (about 6 min; needs the ``serve`` extra). Writes
+3. **Engines** (``--engines``, a separate run): the same HTTP load against two servers side by side over the same
+   index, ``--engine local`` and ``--engine ray`` (one Ray actor per shard, a local Ray started by the server), both
+   with the default batching and group commit, interleaved; p50/p99 latency and requests/s, i.e. the cost of the
+   Ray fan-out as seen by an HTTP caller. It replaces (or appends) only its own section of the results file.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_serve.py`` (about 6 min; needs the ``serve`` extra), and
+``... bench_serve.py --engines`` (about 3 min; needs the ``scale`` extra too). Writes
 ``benchmarks/results/serve.md``. Figures are from a shared 2-core machine: read the ratios, not the absolutes.
 """
 
@@ -225,9 +231,63 @@ def main() -> None:
         cells = " | ".join(f"{by_clients[c]['rps'] / base[c]['rps']:.2f}x" for c in CLIENTS)
         lines.append(f"| {name} | {cells} |")
     lines.append("")
-    OUT.write_text("\n".join(lines))
+    kept = OUT.read_text().partition(ENGINES_TITLE) if OUT.exists() else ("", "", "")
+    OUT.write_text("\n".join(lines) + ("\n" + kept[1] + kept[2] if kept[1] else ""))  # keep the --engines section
+    print("\n".join(lines))
+
+
+ENGINES_TITLE = "## HTTP: local vs Ray engine"
+
+
+def engines() -> None:
+    """Section 3 of the module docstring: ``--engine local`` vs ``--engine ray``, same run, same index."""
+    from pipeline.serve import KeyStore
+
+    clients = (1, 4)
+    with tempfile.TemporaryDirectory() as tmp:
+        index = build_index(Path(tmp) / "bench")
+        token = KeyStore.for_index(index, create=True).add("bench", shards=["default"])[1]
+        servers = {"local": ServerProcess(index), "ray": ServerProcess(index, "--engine", "ray")}
+        samples: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in clients} for name in servers}
+        try:
+            for server in servers.values():
+                load(server.url, token, 1, seconds=2)  # warm-up
+            for _ in range(ROUNDS):
+                for c in clients:
+                    for name, server in servers.items():
+                        samples[name][c].append(load(server.url, token, c))
+                        print(name, c, samples[name][c][-1], flush=True)
+        finally:
+            for server in servers.values():
+                server.stop()  # SIGINT: the Ray server kills its actors and shuts its Ray down
+        with Ledger(index / "budget.sqlite") as book:
+            assert book.verify().ok
+            committed = book.status("default").queries_charged
+    res = {name: {c: {key: _median([s[key] for s in runs]) for key in ("rps", "p50", "p99")} | {
+        "n": sum(s["n"] for s in runs), "errors": sum(s["errors"] for s in runs)} for c, runs in by_c.items()}
+        for name, by_c in samples.items()}  # fmt: skip
+    lines = [
+        ENGINES_TITLE, "",
+        f"`python benchmarks/bench_serve.py --engines`: two servers side by side over one index (1 shard, 300 "
+        f"records), default settings (batching + group commit), tiny decoder at steps=1, 1 image per request, "
+        f"{HTTP_SECONDS:g} s closed loop per sample, settings interleaved in {ROUNDS} rounds (medians); "
+        f"{committed} charges committed and verified. `ray`: one shard actor in a local Ray started by the server "
+        f"on this machine's {os.cpu_count()} shared CPUs.", "",
+        "| engine | clients | requests/s | p50 ms | p99 ms | requests | errors |", "|---|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for name, by_clients in res.items():
+        for c, r in by_clients.items():
+            lines.append(f"| {name} | {c} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['n']} | {r['errors']} |")
+    lines += ["", "Ray relative to local, same run:", "", "| clients | p50 | requests/s |", "|---:|---:|---:|"]
+    for c in clients:
+        lines.append(f"| {c} | {res['ray'][c]['p50'] / res['local'][c]['p50']:.2f}x "
+                     f"| {res['ray'][c]['rps'] / res['local'][c]['rps']:.2f}x |")  # fmt: skip
+    lines.append("")
+    text = OUT.read_text() if OUT.exists() else ""
+    head = text.split(ENGINES_TITLE)[0].rstrip("\n")
+    OUT.write_text((head + "\n\n" if head else "") + "\n".join(lines))
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    engines() if "--engines" in sys.argv[1:] else main()
