@@ -156,6 +156,42 @@ def _median(values: list[float]) -> float:
     return float(np.median(values))
 
 
+def table_rows(results: dict[str, dict[int, dict[str, float]]]) -> list[str]:
+    """One markdown row per (setting, clients) cell: requests/s, p50, p99, requests, errors."""
+    return [f"| {name} | {c} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['n']} | {r['errors']} |"
+            for name, by_clients in results.items() for c, r in by_clients.items()]  # fmt: skip
+
+
+def interleaved(index: Path, servers: dict[str, ServerProcess], token: str, clients: tuple[int, ...], *,
+                kill: bool = True) -> tuple[dict[str, dict[int, dict[str, float]]], int]:
+    """Load every server at every client count, settings interleaved in ``ROUNDS`` rounds; medians per cell.
+
+    The servers are ended afterwards (kill -9, or SIGINT with ``kill=False``). Returns the cells and the charges
+    the ledger of ``index`` (the servers' index) committed, verified.
+    """
+    samples: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in clients} for name in servers}
+    try:
+        for server in servers.values():
+            load(server.url, token, 1, seconds=2)  # warm-up (first decode, caches)
+        for _ in range(ROUNDS):
+            for c in clients:
+                for name, server in servers.items():
+                    samples[name][c].append(load(server.url, token, c))
+                    print(name, c, samples[name][c][-1], flush=True)
+    finally:
+        for server in servers.values():
+            server.kill() if kill else server.stop()
+    with Ledger(index / "budget.sqlite") as book:
+        assert book.verify().ok
+        committed = book.status("default").queries_charged
+    results = {
+        name: {c: {key: _median([s[key] for s in runs]) for key in ("rps", "p50", "p99")} | {
+            "n": sum(s["n"] for s in runs), "errors": sum(s["errors"] for s in runs)} for c, runs in by_c.items()}
+        for name, by_c in samples.items()
+    }  # fmt: skip
+    return results, committed
+
+
 def main() -> None:
     from pipeline.serve import KeyStore
 
@@ -193,27 +229,8 @@ def main() -> None:
         index = build_index(tmp / "bench")
         token = KeyStore.for_index(index, create=True).add("bench", shards=["default"])[1]
         servers = {name: ServerProcess(index, *args) for name, args in SETTINGS.items()}
-        samples: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in CLIENTS} for name in SETTINGS}
-        try:
-            for server in servers.values():
-                load(server.url, token, 1, seconds=2)  # warm-up (first decode, caches)
-            for _ in range(ROUNDS):
-                for c in CLIENTS:
-                    for name, server in servers.items():
-                        samples[name][c].append(load(server.url, token, c))
-                        print(name, c, samples[name][c][-1], flush=True)
-        finally:
-            for server in servers.values():
-                server.kill()
-        with Ledger(index / "budget.sqlite") as book:
-            assert book.verify().ok
-            committed = book.status("default").queries_charged
+        results, committed = interleaved(index, servers, token, CLIENTS)
         shutil.rmtree(tmp / "bench", ignore_errors=True)
-    results = {
-        name: {c: {key: _median([s[key] for s in runs]) for key in ("rps", "p50", "p99")} | {
-            "n": sum(s["n"] for s in runs), "errors": sum(s["errors"] for s in runs)} for c, runs in by_c.items()}
-        for name, by_c in samples.items()
-    }  # fmt: skip
     lines += [
         "## HTTP: requests/s and latency (tiny decoder, steps=1, 1 image, loopback)", "",
         f"Each sample: {HTTP_SECONDS:g} s closed loop; every request is one private query charged and committed "
@@ -221,9 +238,7 @@ def main() -> None:
         f"({committed} charges committed and verified in all). Server: 1 process, 1 torch thread.", "",
         "| setting | clients | requests/s | p50 ms | p99 ms | requests | errors |", "|---|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
-    for name, by_clients in results.items():
-        for c, r in by_clients.items():
-            lines.append(f"| {name} | {c} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['n']} | {r['errors']} |")
+    lines += table_rows(results)
     base = results["one at a time"]
     lines += ["", "Requests/s relative to the one-at-a-time baseline, same run:", "",
               "| setting | 1 client | 4 clients | 16 clients |", "|---|---:|---:|---:|"]  # fmt: skip
@@ -248,24 +263,7 @@ def engines() -> None:
         index = build_index(Path(tmp) / "bench")
         token = KeyStore.for_index(index, create=True).add("bench", shards=["default"])[1]
         servers = {"local": ServerProcess(index), "ray": ServerProcess(index, "--engine", "ray")}
-        samples: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in clients} for name in servers}
-        try:
-            for server in servers.values():
-                load(server.url, token, 1, seconds=2)  # warm-up
-            for _ in range(ROUNDS):
-                for c in clients:
-                    for name, server in servers.items():
-                        samples[name][c].append(load(server.url, token, c))
-                        print(name, c, samples[name][c][-1], flush=True)
-        finally:
-            for server in servers.values():
-                server.stop()  # SIGINT: the Ray server kills its actors and shuts its Ray down
-        with Ledger(index / "budget.sqlite") as book:
-            assert book.verify().ok
-            committed = book.status("default").queries_charged
-    res = {name: {c: {key: _median([s[key] for s in runs]) for key in ("rps", "p50", "p99")} | {
-        "n": sum(s["n"] for s in runs), "errors": sum(s["errors"] for s in runs)} for c, runs in by_c.items()}
-        for name, by_c in samples.items()}  # fmt: skip
+        res, committed = interleaved(index, servers, token, clients, kill=False)  # SIGINT: the Ray server shuts Ray down
     lines = [
         ENGINES_TITLE, "",
         f"`python benchmarks/bench_serve.py --engines`: two servers side by side over one index (1 shard, 300 "
@@ -275,9 +273,7 @@ def engines() -> None:
         f"on this machine's {os.cpu_count()} shared CPUs.", "",
         "| engine | clients | requests/s | p50 ms | p99 ms | requests | errors |", "|---|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
-    for name, by_clients in res.items():
-        for c, r in by_clients.items():
-            lines.append(f"| {name} | {c} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['n']} | {r['errors']} |")
+    lines += table_rows(res)
     lines += ["", "Ray relative to local, same run:", "", "| clients | p50 | requests/s |", "|---:|---:|---:|"]
     for c in clients:
         lines.append(f"| {c} | {res['ray'][c]['p50'] / res['local'][c]['p50']:.2f}x "

@@ -3,12 +3,12 @@ shard selection. No web framework here; :mod:`pipeline.serve.app` maps HTTP onto
 
 Order of one generation request (the CLI's order, with the key checks in front):
 
-1. the key (authenticated by the app), its access set (403) and the parameters (422) are checked;
+1. the key (authenticated by the app), its access set (403) and the parameters (422) are checked; with
+   ``"compose": true`` the compartments of exactly the request's shards are checked too (:mod:`pipeline.serve.
+   compose`: 409 ``compartments_unavailable``, 503 ``compartments_damaged``);
 2. an uploaded image is decoded through the index build's guards (:func:`index.sources.decode_image`:
    decompression bombs and oversized images refused, 422);
 3. the key's quota is reserved, durably (429 when used up; see :mod:`pipeline.serve.keys` for why first);
-   With ``"compose": true`` the compartments of exactly those shards are checked first (:mod:`pipeline.serve.
-   compose`: 409 ``compartments_unavailable``, 503 ``compartments_damaged``), also before anything is reserved;
 4. :class:`pipeline.DPRDMPipeline` runs: encode, **charge the ledger and commit** (group commit), retrieve,
    noise, mix, decode (batched; composed decodes one request at a time). A ledger refusal releases the
    reservation and answers 409 ``budget_exhausted``; nothing was charged or released;
@@ -132,7 +132,6 @@ class Service:
     keys: KeyStore
     encoder: Any
     decoder: Any
-    base_decoder: Any = None
     pool: Any = None
     composed: Any = None
     _pipelines: dict[tuple[str, ...], Any] = field(default_factory=dict)
@@ -183,8 +182,8 @@ class Service:
         decoder = BatchingDecoder(base, max_batch=config.max_batch)
         book = GroupCommitLedger(ledger) if config.group_commit else ledger
         return cls(
-            config=config, index=idx, ledger=book, keys=keys, encoder=encoder, decoder=decoder, base_decoder=base,
-            pool=pool, composed=ComposedDecoders(idx.path, base),
+            config=config, index=idx, ledger=book, keys=keys, encoder=encoder, decoder=decoder, pool=pool,
+            composed=ComposedDecoders(idx.path, base),
         )
 
     def close(self) -> None:

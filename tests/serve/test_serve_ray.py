@@ -107,6 +107,20 @@ def test_service_ray_engine_releases_the_local_vector_with_one_actor_set(ray_loc
     assert ray_local.is_initialized()
 
 
+@pytest.mark.slow
+def test_service_ray_engine_refuses_a_damaged_shard_at_start_up(ray_local, index_dir, add_key):
+    from index import IndexCorruptError, PrivateIndex
+    from pipeline.serve.service import Service
+
+    add_key(index_dir, "alice")
+    path = PrivateIndex.open(index_dir).shard("high").path / "embeddings.npy"
+    path.write_bytes(b"\xde\xad\xbe\xef" * 16 + path.read_bytes()[64:])  # same size, wrong checksum
+    with pytest.raises(IndexCorruptError, match="checksum mismatch") as err:
+        Service.open(ServeConfig(index_dir=index_dir, engine="ray", threads=1))
+    assert err.value.exit_code == 3 and _history(index_dir) == {"low": 0, "high": 0}
+    assert ray_local.is_initialized()  # the test's Ray: the failed start-up killed only its own actors
+
+
 def test_serve_engine_ray_without_ray_says_how_to_install(index_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     result = CliRunner().invoke(app, ["serve", "--index", str(index_dir), "--engine", "ray", "--port", "0"])
