@@ -213,7 +213,7 @@ class ShardActorPool:
         self._actors: dict[str, Any] = {name: remote.remote(str(index.path), name, mmap=mmap) for name in names}
         try:
             if names:  # every actor has loaded and checked its shard (errors surface now, before any query)
-                self.retriever(None, names, check=False)._describe()
+                _PooledRetriever(self, None, names, check=False)._describe()
         except BaseException:
             self.close()
             raise
@@ -223,13 +223,13 @@ class ShardActorPool:
         """The shards that have an actor (every shard of the index when the pool was created)."""
         return tuple(self._actors)
 
-    def retriever(self, ledger: Ledger | None, shards: Sequence[str] | None = None, *, check: bool = True) -> Any:
+    def retriever(self, ledger: Ledger, shards: Sequence[str] | None = None) -> RayShardRetriever:
         """A :class:`RayShardRetriever` over ``shards`` that uses this pool's actors (closing it kills none).
 
         Raises:
             PipelineInputError, PrivacyRefusal: as :class:`pipeline.PrivateRetriever` (bad selection, scopes).
         """
-        return _PooledRetriever(self, ledger, shards, check=check)
+        return _PooledRetriever(self, ledger, shards, check=True)
 
     def close(self) -> None:
         """Kill the actors, and shut Ray down when this pool started it."""
