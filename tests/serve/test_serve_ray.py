@@ -108,6 +108,57 @@ def test_service_ray_engine_releases_the_local_vector_with_one_actor_set(ray_loc
 
 
 @pytest.mark.slow
+def test_ray_engine_with_a_postgres_ledger_admits_exactly_the_budget(ray_local, built_index, tmp_path, add_key):
+    """``dprdm serve --index DIR --ledger postgresql://... --engine ray`` (the issue's command), in-process on
+    loopback: 4 concurrent requests against a budget of 2 → exactly 2 images, 2 refusals, 2 charges."""
+    import shutil
+    import threading
+
+    from serve_testlib import DELTA, MECH
+    from server_process import ThreadServer
+
+    from accountant import ScopeSpec, epsilon_for
+    from index import PrivateIndex
+    from pipeline.ledgers import index_ledger
+    from pipeline.serve import create_app
+
+    pg_cluster = pytest.importorskip("pg_cluster")
+    server = pg_cluster.shared_server()
+    if server is None:
+        pytest.skip(pg_cluster.SKIP_REASON)
+    url = server.ledger_url("serve")
+    index_dir = Path(shutil.copytree(built_index, tmp_path / "index"))
+    idx = PrivateIndex.open(index_dir)
+    book = index_ledger(idx, url, create=True)
+    book.create_scopes([ScopeSpec(name=name, epsilon=epsilon_for(MECH, queries=2, delta=DELTA), delta=DELTA,
+                                  mechanism=MECH, records=idx.shard(name).load().num_records)
+                        for name in ("low", "high")])  # fmt: skip
+    book.close()
+    token = add_key(index_dir, "alice")
+    config = ServeConfig(index_dir=index_dir, ledger=url, engine="ray", threads=1)
+    codes: list[int] = []
+    with ThreadServer(create_app(config)) as live, httpx.Client(base_url=live.url, timeout=120) as http:
+        barrier = threading.Barrier(4)
+
+        def client() -> None:
+            barrier.wait()
+            response = http.post("/v1/generations", json=GEN | {"shards": ["low"]},
+                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            codes.append(response.status_code)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted(codes) == [200, 200, 409, 409]
+    with index_ledger(PrivateIndex.open(index_dir), url) as ledger:
+        assert ledger.status("low").queries_charged == 2 and ledger.status("high").queries_charged == 0
+        assert ledger.verify().ok
+    assert KeyStore.for_index(index_dir).list()[0].used == 2  # refused charges gave the reservations back
+
+
+@pytest.mark.slow
 def test_service_ray_engine_refuses_a_damaged_shard_at_start_up(ray_local, index_dir, add_key):
     from index import IndexCorruptError, PrivateIndex
     from pipeline.serve.service import Service
