@@ -5,8 +5,9 @@ Endpoints: ``POST /v1/generations``, ``GET /v1/budget``, ``GET /v1/shards`` (the
 
 Errors are ``{"error": {"type": TYPE, "message": ...}}`` with a stable ``type``: 401 ``unauthorized`` /
 ``key_revoked``, 403 ``shard_forbidden``, 429 ``quota_exhausted``, 409 ``budget_exhausted`` (a shard's global
-budget), 409 ``compartments_unavailable``, 413 ``payload_too_large``, 422 ``invalid_request``, 503
-``ledger_unavailable``, 503 ``compartments_damaged``, 404 ``not_found``, 500 ``internal_error``. Messages are written by dprdm and never carry anything about private records.
+budget), 409 ``budget_not_configured`` (a shard without a scope), 409 ``compartments_unavailable``, 413
+``payload_too_large``, 422 ``invalid_request``, 503 ``ledger_unavailable``, 503 ``compartments_damaged``, 404
+``not_found``, 500 ``internal_error``. Messages are written by dprdm and never carry anything about private records.
 
 The access log (logger ``pipeline.serve.access``) has one line per request: request id, key name, status and
 time; never the prompt, neighbours, scores or noise. Request bodies above ``max_body_bytes`` are refused (413)

@@ -11,6 +11,7 @@ from pipeline.errors import PipelineError, PipelineInputError, PrivacyRefusal
 __all__ = [
     "ApiError",
     "BudgetExhausted",
+    "BudgetNotConfigured",
     "CompartmentsDamagedError",
     "CompartmentsUnavailable",
     "InvalidRequest",
@@ -61,6 +62,12 @@ class BudgetExhausted(ApiError):
     """409: a shard's global privacy budget (over every key together) does not admit this query."""
 
     status, kind = 409, "budget_exhausted"
+
+
+class BudgetNotConfigured(ApiError):
+    """409: a targeted shard has no budget scope in the ledger (or the scopes' mechanisms differ); nothing charged."""
+
+    status, kind = 409, "budget_not_configured"
 
 
 class CompartmentsUnavailable(ApiError):

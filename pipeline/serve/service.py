@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.serve.errors import BudgetExhausted, InvalidRequest, ServiceUnavailable, ShardForbidden
+from pipeline.serve.errors import (
+    BudgetExhausted,
+    BudgetNotConfigured,
+    InvalidRequest,
+    ServiceUnavailable,
+    ShardForbidden,
+)
 from pipeline.serve.keys import ApiKey, KeyStore
 
 __all__ = ["ServeConfig", "Service"]
@@ -259,7 +265,12 @@ class Service:
 
         shards = self.select_shards(key, request.shards)
         image = None if request.image is None else self.decode_upload(request.image)
-        pipe = self.pipeline(shards)
+        try:
+            pipe = self.pipeline(shards)
+        except PrivacyRefusal as err:  # a shard without a scope, or scopes that disagree: before any charge
+            raise BudgetNotConfigured(
+                f"shard(s) {', '.join(shards)} cannot be queried together: {err}; nothing was charged"
+            ) from err
         composed = None
         if request.compose is not None:  # checked (store verified) before anything is reserved or charged
             from pipeline.generate import DPRDMPipeline

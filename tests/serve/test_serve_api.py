@@ -209,3 +209,17 @@ def test_server_refuses_to_start_without_keys_or_ledger(make_index, built_index,
 
     with pytest.raises(KeyStoreUnavailable, match="dprdm keys add"):
         create_app(ServeConfig(index_dir=make_index(low=2)))
+
+
+def test_shard_without_a_budget_scope_is_409_and_charges_nothing(make_index, add_key, client_for):
+    index_dir = make_index(low=3)  # "high" has records but no scope in the ledger
+    token = add_key(index_dir, "analyst")
+    client = client_for(index_dir)
+    refused = client.post("/v1/generations", json=GEN | {"shards": ["high"]}, headers=_auth(token))
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert error["type"] == "budget_not_configured" and "budget init" in error["message"]
+    assert client.post("/v1/generations", json=GEN | {"shards": ["low"]}, headers=_auth(token)).status_code == 200
+    assert {k.name: k.used for k in KeyStore.for_index(index_dir).list()} == {"analyst": 1}
+    with Ledger(index_dir / "budget.sqlite", read_only=True) as ledger:
+        assert len(ledger.history()) == 1 and ledger.verify().ok
