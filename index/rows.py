@@ -12,34 +12,71 @@ over ``0 .. num_records-1`` and then only calls :meth:`RowSet.restrict`, :meth:`
 
 :class:`MemoryShard` exposes the same primitives over in-memory arrays (stand-in data for audits, tests and
 benchmarks).
+
+Storage (:mod:`index.storage`): the rows may be stored as float32, float16 or int8 (fixed range). ``score`` is
+then the float32 query · the decoded row (decoded in blocks of ``_BLOCK`` rows, scored by the same faiss kernel
+as float32 rows, so a row's score does not depend on which block or thread scored it), ``rows`` returns the
+decoded float32 rows, and the exact top-k of the mechanism is taken on these scores.
+
+Threads: ``score`` splits the (sorted) positions into ``threads`` contiguous chunks scored in a thread pool
+(faiss and numpy release the GIL). Every score is computed by the same per-row kernel whichever chunk holds it,
+so the result is bit-identical to one thread.
 """
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from index import storage as formats
 from index.errors import IndexInputError
 
 if TYPE_CHECKING:
     import faiss
 
-__all__ = ["MemoryShard", "RowSet", "bad_rows"]
+__all__ = ["MemoryShard", "RowSet", "bad_rows", "check_threads"]
 
-UNIT_TOLERANCE = 1e-3  # |norm - 1| allowed for a stored row (float32 round-off of a normalised embedding)
+UNIT_TOLERANCE = formats.UNIT_TOLERANCE  # |norm - 1| allowed for a float32 row (round-off of a normalised embedding)
 _CHUNK = 65_536
+_BLOCK = 256  # rows decoded at once when scoring a compressed shard (~0.8 MB of float32 at d = 768: stays in cache)
+_MIN_PER_THREAD = 256  # fewer kept rows per thread than this are scored in one thread (dispatch would dominate)
 
 
-def bad_rows(embeddings: np.ndarray) -> int:
-    """Number of rows that are not finite or whose L2 norm differs from 1 by more than ``UNIT_TOLERANCE``."""
+def bad_rows(embeddings: np.ndarray, storage: str = formats.DEFAULT) -> int:
+    """Number of rows that are not finite or whose L2 norm differs from 1 by more than the format's tolerance.
+
+    ``embeddings`` holds float rows (checked with :func:`index.storage.unit_tolerance` of ``storage``), or the
+    stored float16/int8 values of that format (decoded first).
+    """
+    tolerance = formats.unit_tolerance(storage, int(embeddings.shape[1]) if embeddings.ndim == 2 else 1)
     bad = 0
     for start in range(0, len(embeddings), _CHUNK):
-        block = np.asarray(embeddings[start : start + _CHUNK], dtype=np.float64)
+        block = np.asarray(embeddings[start : start + _CHUNK])
+        if block.dtype == np.int8:
+            block = formats.decode(block)
+        block = block.astype(np.float64)
         finite = np.isfinite(block).all(axis=1)
         norms = np.linalg.norm(np.where(np.isfinite(block), block, 0.0), axis=1)
-        bad += int(np.sum(~finite | (np.abs(norms - 1.0) > UNIT_TOLERANCE)))
+        bad += int(np.sum(~finite | (np.abs(norms - 1.0) > tolerance)))
     return bad
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One process-wide pool per thread count (created on first use)."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dprdm-score")
+
+
+def check_threads(threads: int | None) -> int:
+    """Scoring threads per query: ``None`` means 1; else an integer ≥ 1 (one-line :class:`IndexInputError`)."""
+    if threads is None:
+        return 1
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
+        raise IndexInputError(f"threads must be an integer >= 1; found {threads!r}; pass e.g. --threads 2")
+    return int(threads)
 
 
 def _assign_lists(quantizer: faiss.Index, embeddings: np.ndarray) -> np.ndarray:
@@ -56,19 +93,33 @@ class RowSet:
     """Row-indexed view of unit embeddings with exact scoring and (for IVF) public-quantizer restriction.
 
     Args:
-        embeddings: ``(n, d)`` float32 C-contiguous rows (may be a read-only memory map; never copied whole).
+        embeddings: ``(n, d)`` C-contiguous stored rows: float32, or the float16/int8 values of
+            :mod:`index.storage` (may be a read-only memory map; never copied whole).
         ids: ``(n,)`` int64 content ids, ``ids[i]`` labels row ``i``.
-        quantizer: the public coarse quantizer of an ivf-flat index, or None for flat.
+        quantizer: the public coarse quantizer of an ivf-flat index, or None for flat (float32 rows only).
         nprobe: lists probed per query (ivf-flat only).
+        threads: threads scoring one query's rows (default 1; the result does not depend on it).
+
+    Attributes:
+        storage: ``float32``, ``float16`` or ``int8`` (from the dtype of ``embeddings``).
+        threads: scoring threads per query (settable).
     """
 
     def __init__(
-        self, embeddings: np.ndarray, ids: np.ndarray, *, quantizer: faiss.Index | None = None, nprobe: int = 1
+        self,
+        embeddings: np.ndarray,
+        ids: np.ndarray,
+        *,
+        quantizer: faiss.Index | None = None,
+        nprobe: int = 1,
+        threads: int | None = None,
     ) -> None:
         self._embeddings = embeddings
         self._ids = ids
         self.num_records = int(embeddings.shape[0])
         self.dim = int(embeddings.shape[1])
+        self.storage = {np.dtype(np.float16): "float16", np.dtype(np.int8): "int8"}.get(embeddings.dtype, "float32")
+        self.threads = check_threads(threads)
         self._quantizer = quantizer
         self._nprobe = max(1, int(nprobe))
         self._lists = _assign_lists(quantizer, embeddings) if quantizer is not None else None
@@ -86,21 +137,43 @@ class RowSet:
         return vector
 
     def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Exact inner products ``<rows[p], query>`` for ``positions`` (float32), without copying the rows."""
-        import faiss
+        """Exact inner products ``<decoded rows[p], query>`` for ``positions`` (float32), in ``threads`` threads.
 
+        Float32 rows are never copied; compressed rows are decoded ``_BLOCK`` at a time. Bit-identical for any
+        ``threads``: each score comes from the same per-row kernel.
+        """
         pos, vector = self._positions(positions), self._query(query)
         scores = np.empty(pos.size, dtype=np.float32)
-        if pos.size:
-            faiss.fvec_inner_products_by_idx(
-                faiss.swig_ptr(scores), faiss.swig_ptr(vector), faiss.swig_ptr(self._embeddings),
-                faiss.swig_ptr(pos), self.dim, 1, pos.size,
-            )  # fmt: skip
+        parts = min(self.threads, pos.size // _MIN_PER_THREAD)
+        if parts <= 1:
+            self._score_into(vector, pos, scores)
+            return scores
+        bounds = np.linspace(0, pos.size, parts + 1).astype(np.int64)
+        chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        pool = _pool(self.threads - 1)  # the calling thread scores the last chunk itself
+        futures = [pool.submit(self._score_into, vector, pos[a:b], scores[a:b]) for a, b in chunks[:-1]]
+        a, b = chunks[-1]
+        self._score_into(vector, pos[a:b], scores[a:b])
+        for future in futures:
+            future.result()
         return scores
 
+    def _score_into(self, vector: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+        """``out[j] = <decoded row pos[j], vector>`` (one thread; ``pos`` and ``out`` contiguous)."""
+        if self.storage == "float32":
+            _inner_products(out, vector, self._embeddings, pos)
+            return
+        block = np.empty((min(_BLOCK, pos.size), self.dim), dtype=np.float32)
+        local = np.arange(block.shape[0], dtype=np.int64)
+        for start in range(0, pos.size, _BLOCK):
+            chosen = pos[start : start + _BLOCK]
+            rows = block[: chosen.size]
+            formats.decode_into(self._embeddings[chosen], rows)
+            _inner_products(out[start : start + chosen.size], vector, rows, local[: chosen.size])
+
     def rows(self, positions: np.ndarray) -> np.ndarray:
-        """A float32 ``(m, d)`` copy of the rows at ``positions``."""
-        return np.array(self._embeddings[self._positions(positions)], dtype=np.float32)
+        """A float32 ``(m, d)`` copy of the (decoded) rows at ``positions``."""
+        return formats.decode(np.asarray(self._embeddings[self._positions(positions)]))
 
     def ids_at(self, positions: np.ndarray) -> np.ndarray:
         """The int64 content ids of the rows at ``positions`` (a copy)."""
@@ -115,6 +188,20 @@ class RowSet:
         return pos[np.isin(self._lists[pos], probed[0][probed[0] >= 0])]
 
 
+def _inner_products(out: np.ndarray, vector: np.ndarray, rows: np.ndarray, positions: np.ndarray) -> None:
+    """``out[j] = <rows[positions[j]], vector>`` by faiss's per-row kernel (float32, all arrays C-contiguous).
+
+    The arrays are named arguments here, so they stay alive while faiss reads them through raw pointers.
+    """
+    import faiss
+
+    if positions.size:
+        faiss.fvec_inner_products_by_idx(
+            faiss.swig_ptr(out), faiss.swig_ptr(vector), faiss.swig_ptr(rows), faiss.swig_ptr(positions),
+            int(vector.size), 1, int(positions.size),
+        )  # fmt: skip
+
+
 class MemoryShard(RowSet):
     """In-memory rows with the shard primitives (stand-in data for audits, tests and benchmarks).
 
@@ -123,9 +210,13 @@ class MemoryShard(RowSet):
         ids: content ids (default ``0 .. n-1``).
         quantizer: a PUBLIC coarse quantizer for ivf-flat behaviour (None: flat).
         nprobe: lists probed per query.
+        storage: ``float32`` (default), ``float16`` or ``int8``: the rows are kept in that format
+            (:mod:`index.storage`), as a shard created with ``--storage`` keeps them.
+        threads: threads scoring one query's rows (default 1).
 
     Raises:
-        IndexInputError: not a 2-D float array, ids of the wrong shape, or rows not finite / not unit norm.
+        IndexInputError: not a 2-D float array, ids of the wrong shape, rows not finite / not unit norm, an
+            unknown storage, or ``storage`` with a quantizer (ivf-flat keeps float32 rows).
     """
 
     def __init__(
@@ -135,6 +226,8 @@ class MemoryShard(RowSet):
         *,
         quantizer: faiss.Index | None = None,
         nprobe: int = 1,
+        storage: str = formats.DEFAULT,
+        threads: int | None = None,
     ) -> None:
         rows = np.ascontiguousarray(embeddings, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] < 1:
@@ -144,4 +237,7 @@ class MemoryShard(RowSet):
             raise IndexInputError(f"ids must have shape ({len(rows)},); found {labels.shape}")
         if bad_rows(rows):
             raise IndexInputError("embeddings must be finite unit-norm rows; normalise them first")
-        super().__init__(rows, labels, quantizer=quantizer, nprobe=nprobe)
+        formats.check_storage(storage)
+        if quantizer is not None and storage != formats.DEFAULT:
+            raise IndexInputError(f"ivf-flat keeps float32 rows; found storage {storage!r}; drop storage or the quantizer")
+        super().__init__(formats.encode(rows, storage), labels, quantizer=quantizer, nprobe=nprobe, threads=threads)
