@@ -18,14 +18,16 @@ then the float32 query · the decoded row (decoded in blocks of ``_BLOCK`` rows,
 as float32 rows, so a row's score does not depend on which block or thread scored it), ``rows`` returns the
 decoded float32 rows, and the exact top-k of the mechanism is taken on these scores.
 
-Threads: ``score`` splits the (sorted) positions into ``threads`` contiguous chunks scored in a thread pool
-(faiss and numpy release the GIL). Every score is computed by the same per-row kernel whichever chunk holds it,
+Threads: ``score`` splits the (sorted) positions into contiguous chunks (``_CHUNKS_PER_THREAD`` per thread) that
+the calling thread and ``threads - 1`` pool threads take from a shared counter (faiss, numpy and torch release the
+GIL). Every score is computed by the same per-row kernel whichever chunk holds it,
 so the result is bit-identical to one thread.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -43,6 +45,7 @@ UNIT_TOLERANCE = formats.UNIT_TOLERANCE  # |norm - 1| allowed for a float32 row 
 _CHUNK = 65_536
 _BLOCK = 256  # rows decoded at once when scoring a compressed shard (~0.8 MB of float32 at d = 768: stays in cache)
 _MIN_PER_THREAD = 256  # fewer kept rows per thread than this are scored in one thread (dispatch would dominate)
+_CHUNKS_PER_THREAD = 4  # chunks per scoring thread, taken from a shared counter (load balance on a busy machine)
 
 
 def bad_rows(embeddings: np.ndarray, storage: str = formats.DEFAULT) -> int:
@@ -144,16 +147,25 @@ class RowSet:
         """
         pos, vector = self._positions(positions), self._query(query)
         scores = np.empty(pos.size, dtype=np.float32)
-        parts = min(self.threads, pos.size // _MIN_PER_THREAD)
-        if parts <= 1:
+        helpers = min(self.threads, pos.size // _MIN_PER_THREAD) - 1
+        if helpers < 1:
             self._score_into(vector, pos, scores)
             return scores
-        bounds = np.linspace(0, pos.size, parts + 1).astype(np.int64)
-        chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        pool = _pool(self.threads - 1)  # the calling thread scores the last chunk itself
-        futures = [pool.submit(self._score_into, vector, pos[a:b], scores[a:b]) for a, b in chunks[:-1]]
-        a, b = chunks[-1]
-        self._score_into(vector, pos[a:b], scores[a:b])
+        # Contiguous chunks taken from a shared counter by the calling thread and its helpers: a helper that a
+        # loaded machine does not schedule soon leaves its chunks to the others instead of stalling the query.
+        bounds = np.linspace(0, pos.size, _CHUNKS_PER_THREAD * (helpers + 1) + 1).astype(np.int64)
+        chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        taken = itertools.count()
+
+        def work() -> None:
+            for number in iter(taken.__next__, None):
+                if number >= len(chunks):
+                    return
+                a, b = chunks[number]
+                self._score_into(vector, pos[a:b], scores[a:b])
+
+        futures = [_pool(self.threads - 1).submit(work) for _ in range(helpers)]
+        work()
         for future in futures:
             future.result()
         return scores
@@ -163,13 +175,16 @@ class RowSet:
         if self.storage == "float32":
             _inner_products(out, vector, self._embeddings, pos)
             return
-        block = np.empty((min(_BLOCK, pos.size), self.dim), dtype=np.float32)
-        local = np.arange(block.shape[0], dtype=np.int64)
+        size = min(_BLOCK, pos.size)
+        codes = np.empty((size, self.dim), dtype=self._embeddings.dtype)
+        block = np.empty((size, self.dim), dtype=np.float32)
+        local = np.arange(size, dtype=np.int64)
         for start in range(0, pos.size, _BLOCK):
             chosen = pos[start : start + _BLOCK]
-            rows = block[: chosen.size]
-            formats.decode_into(self._embeddings[chosen], rows)
-            _inner_products(out[start : start + chosen.size], vector, rows, local[: chosen.size])
+            m = chosen.size
+            np.take(self._embeddings, chosen, axis=0, out=codes[:m])
+            formats.decode_into(codes[:m], block[:m])
+            _inner_products(out[start : start + m], vector, block[:m], local[:m])
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
         """A float32 ``(m, d)`` copy of the (decoded) rows at ``positions``."""

@@ -7,7 +7,11 @@ without it is ``float32``). Each format is a fixed, per-value map, learned from 
 * ``float16``: IEEE half precision of each value, round to nearest even (2 bytes per value); decoded exactly to
   float32.
 * ``int8``: the fixed range [-1, 1] with scale 127: ``code = clip(rint(127·x), -127, 127)`` (round half to even;
-  1 byte per value), decoded as ``float32(code) / float32(127)`` (IEEE correctly rounded).
+  1 byte per value), decoded as ``float32(code) × float32(1/127)`` (one IEEE float32 product, so every code has
+  one decoded value whichever kernel computes it).
+
+Decoding runs in torch (a core dependency; imported on first use): its float16 → float32 conversion uses the CPU's
+F16C instructions, ~20× faster than numpy's here, and both conversions are exact.
 
 No range, codebook, rotation or statistic is computed from the rows, so a stored row is a function of that
 record alone, each score (float32 query · decoded row) depends only on the query and that record, and the
@@ -20,7 +24,8 @@ with ``|‖x‖ - 1| ≤ 1e-3`` satisfies ``|‖x̂‖ - 1| ≤ 1e-3 + ‖e‖``
 * float16: ``|e_i| ≤ 2^-11·|x_i|`` (normal range) or ``≤ 2^-25`` (subnormal), so
   ``‖e‖ ≤ 2^-11·(1 + 1e-3) + sqrt(d)·2^-25``;
 * int8: ``|e_i| ≤ 1/254`` (half a step; clipping only cuts a value above 1 by at most 1e-3 < 1/254) plus the
-  float32 rounding of ``code/127`` (``≤ 2^-24``), so ``‖e‖ ≤ sqrt(d)·(1/254 + 2^-24)`` (0.110 at d = 768).
+  float32 roundings of ``1/127`` and of the product (``≤ 2^-23`` for ``|code/127| ≤ 1``), so
+  ``‖e‖ ≤ sqrt(d)·(1/254 + 2^-23)`` (0.110 at d = 768).
 
 :func:`unit_tolerance` returns ``1e-3`` plus that bound.
 """
@@ -42,6 +47,7 @@ INT8_SCALE = 127  # fixed: [-1, 1] ↦ [-127, 127]; never derived from the data
 UNIT_TOLERANCE = 1e-3  # |norm - 1| of a float32 row (round-off of a normalised embedding)
 _DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}
 _SCALE = np.float32(INT8_SCALE)
+_STEP = float(np.float32(1.0 / INT8_SCALE))  # the decode factor, exactly representable in float32
 
 
 def check_storage(storage: str) -> str:
@@ -62,7 +68,7 @@ def unit_tolerance(storage: str, dim: int) -> float:
     if storage == "float16":
         return UNIT_TOLERANCE + 2.0**-11 * (1.0 + UNIT_TOLERANCE) + math.sqrt(dim) * 2.0**-25
     if storage == "int8":
-        return UNIT_TOLERANCE + math.sqrt(dim) * (1.0 / (2 * INT8_SCALE) + 2.0**-24)
+        return UNIT_TOLERANCE + math.sqrt(dim) * (1.0 / (2 * INT8_SCALE) + 2.0**-23)
     return UNIT_TOLERANCE
 
 
@@ -78,11 +84,20 @@ def encode(rows: np.ndarray, storage: str) -> np.ndarray:
 
 
 def decode_into(stored: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Write the float32 rows that ``stored`` (float32, float16 or int8 values) represent into ``out``."""
+    """Write the float32 rows that ``stored`` (float32, float16 or int8 values) represent into ``out``.
+
+    ``stored`` and ``out`` have the same shape; ``out`` is a C-contiguous float32 array.
+    """
+    if stored.dtype == np.float32:
+        np.copyto(out, stored)
+        return out
+    import torch
+
+    source, target = torch.from_numpy(np.ascontiguousarray(stored)), torch.from_numpy(out)
     if stored.dtype == np.int8:
-        np.divide(stored, _SCALE, out=out, dtype=np.float32)
+        torch.mul(source, _STEP, out=target)  # float32(code) × float32(1/127), one rounding, one pass
     else:
-        np.copyto(out, stored, casting="safe")
+        target.copy_(source)  # exact: every float16 value is a float32
     return out
 
 
