@@ -47,6 +47,7 @@ INT8_SCALE = 127  # fixed: [-1, 1] ↦ [-127, 127]; never derived from the data
 UNIT_TOLERANCE = 1e-3  # |norm - 1| of a float32 row (round-off of a normalised embedding)
 _DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}
 _SCALE = np.float32(INT8_SCALE)
+_DECODE_ROWS = 4_096
 _STEP = float(np.float32(1.0 / INT8_SCALE))  # the decode factor, exactly representable in float32
 
 
@@ -102,5 +103,14 @@ def decode_into(stored: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def decode(stored: np.ndarray) -> np.ndarray:
-    """A new float32 C-contiguous array of the rows ``stored`` represents (exact for float32 and float16)."""
-    return decode_into(stored, np.empty(stored.shape, dtype=np.float32))
+    """A new float32 C-contiguous array of the rows ``stored`` represents (exact for float32 and float16).
+
+    A read-only ``stored`` (a loaded or memory-mapped shard) is decoded through a small writable copy, block by block.
+    """
+    out = np.empty(stored.shape, dtype=np.float32)
+    if stored.flags.writeable or stored.dtype == np.float32 or stored.ndim != 2:
+        return decode_into(np.asarray(stored), out)
+    for start in range(0, len(stored), _DECODE_ROWS):
+        block = np.array(stored[start : start + _DECODE_ROWS])
+        decode_into(block, out[start : start + len(block)])
+    return out
