@@ -14,9 +14,10 @@ over ``0 .. num_records-1`` and then only calls :meth:`RowSet.restrict`, :meth:`
 benchmarks).
 
 Storage (:mod:`index.storage`): the rows may be stored as float32, float16 or int8 (fixed range). ``score`` is
-then the float32 query · the decoded row (decoded in blocks of ``_BLOCK`` rows, scored by the same faiss kernel
-as float32 rows, so a row's score does not depend on which block or thread scored it), ``rows`` returns the
-decoded float32 rows, and the exact top-k of the mechanism is taken on these scores.
+then the float32 query · the decoded row (cast in blocks of ``_BLOCK`` rows and scored by the same faiss kernel
+as float32 rows, so a row's score does not depend on which block or thread scored it; int8 as
+``(query/127) · code``, equal up to float32 rounding), ``rows`` returns the decoded float32 rows, and the exact
+top-k of the mechanism is taken on these scores.
 
 Threads: ``score`` splits the (sorted) positions into contiguous chunks (``_CHUNKS_PER_THREAD`` per thread) that
 the calling thread and ``threads - 1`` pool threads take from a shared counter (faiss, numpy and torch release the
@@ -179,12 +180,13 @@ class RowSet:
         codes = np.empty((size, self.dim), dtype=self._embeddings.dtype)
         block = np.empty((size, self.dim), dtype=np.float32)
         local = np.arange(size, dtype=np.int64)
+        scaled = np.multiply(vector, np.float32(formats.code_scale(codes.dtype)), dtype=np.float32)  # int8: q/127
         for start in range(0, pos.size, _BLOCK):
             chosen = pos[start : start + _BLOCK]
             m = chosen.size
             np.take(self._embeddings, chosen, axis=0, out=codes[:m])
-            formats.decode_into(codes[:m], block[:m])
-            _inner_products(out[start : start + m], vector, block[:m], local[:m])
+            formats.cast_into(codes[:m], block[:m])
+            _inner_products(out[start : start + m], scaled, block[:m], local[:m])
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
         """A float32 ``(m, d)`` copy of the (decoded) rows at ``positions``."""

@@ -10,8 +10,10 @@ without it is ``float32``). Each format is a fixed, per-value map, learned from 
   1 byte per value), decoded as ``float32(code) × float32(1/127)`` (one IEEE float32 product, so every code has
   one decoded value whichever kernel computes it).
 
-Decoding runs in torch (a core dependency; imported on first use): its float16 → float32 conversion uses the CPU's
-F16C instructions, ~20× faster than numpy's here, and both conversions are exact.
+Casting runs in torch (a core dependency; imported on first use): its float16 → float32 conversion uses the CPU's
+F16C instructions, ~20× faster than numpy's here, and both casts are exact. Scoring an int8 row skips the decode
+multiply: it computes ``(float32(1/127) · query) · float32(code)``, which is ``query · decoded row`` up to float32
+rounding (one extra rounding of each query value) and, like it, a function of the query and that record alone.
 
 No range, codebook, rotation or statistic is computed from the rows, so a stored row is a function of that
 record alone, each score (float32 query · decoded row) depends only on the query and that record, and the
@@ -38,8 +40,8 @@ import numpy as np
 
 from index.errors import IndexInputError
 
-__all__ = ["DEFAULT", "INT8_SCALE", "STORAGES", "check_storage", "decode", "decode_into", "dtype_of", "encode",
-           "unit_tolerance"]  # fmt: skip
+__all__ = ["DEFAULT", "INT8_SCALE", "STORAGES", "cast_into", "check_storage", "code_scale", "decode", "decode_into",
+           "dtype_of", "encode", "unit_tolerance"]  # fmt: skip
 
 STORAGES = ("float32", "float16", "int8")
 DEFAULT = "float32"
@@ -84,21 +86,31 @@ def encode(rows: np.ndarray, storage: str) -> np.ndarray:
     return values
 
 
-def decode_into(stored: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Write the float32 rows that ``stored`` (float32, float16 or int8 values) represent into ``out``.
+def code_scale(dtype: np.dtype) -> float:
+    """The factor from a stored value, cast to float32, to its decoded value: float32(1/127) for int8, else 1."""
+    return _STEP if np.dtype(dtype) == np.int8 else 1.0
 
-    ``stored`` and ``out`` have the same shape; ``out`` is a C-contiguous float32 array.
-    """
+
+def cast_into(stored: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write the stored values, cast exactly to float32 (int8: the integer codes), into ``out`` (same shape, C order)."""
     if stored.dtype == np.float32:
         np.copyto(out, stored)
         return out
     import torch
 
-    source, target = torch.from_numpy(np.ascontiguousarray(stored)), torch.from_numpy(out)
-    if stored.dtype == np.int8:
-        torch.mul(source, _STEP, out=target)  # float32(code) × float32(1/127), one rounding, one pass
-    else:
-        target.copy_(source)  # exact: every float16 value is a float32
+    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(stored)))  # exact: float16 and int8 fit float32
+    return out
+
+
+def decode_into(stored: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write the float32 rows that ``stored`` (float32, float16 or int8 values) represent into ``out``.
+
+    ``stored`` and ``out`` have the same shape; ``out`` is a C-contiguous float32 array.
+    """
+    cast_into(stored, out)
+    scale = code_scale(stored.dtype)
+    if scale != 1.0:
+        np.multiply(out, np.float32(scale), out=out)  # float32(code) × float32(1/127), one rounding
     return out
 
 
