@@ -51,7 +51,7 @@ BYTES = {"float32": 4, "float16": 2, "int8": 1}
 THREADS = (1, 2)
 SMOKE = N < 100_000
 QUALITY_QUERIES = 20 if SMOKE else 200
-TIMED = {0.01: 10, 0.1: 5} if SMOKE else {0.01: 120, 0.1: 40}
+TIMED = {0.01: 10, 0.1: 5} if SMOKE else {0.01: 200, 0.1: 60}
 SIGMA = 1.0 / np.sqrt(D)
 OUT = ROOT / "benchmarks" / "results" / ("storage_smoke.md" if SMOKE else "storage.md")
 

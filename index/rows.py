@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -152,23 +153,32 @@ class RowSet:
         if helpers < 1:
             self._score_into(vector, pos, scores)
             return scores
-        # Contiguous chunks taken from a shared counter by the calling thread and its helpers: a helper that a
-        # loaded machine does not schedule soon leaves its chunks to the others instead of stalling the query.
+        # Contiguous chunks taken from a shared counter by the calling thread and its helpers; the query waits for
+        # the chunks, not for the helpers: a helper that a loaded machine schedules late finds nothing left to do.
         bounds = np.linspace(0, pos.size, _CHUNKS_PER_THREAD * (helpers + 1) + 1).astype(np.int64)
         chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-        taken = itertools.count()
+        taken, lock, finished = itertools.count(), threading.Lock(), threading.Event()
+        left, errors = [len(chunks)], []
 
         def work() -> None:
-            for number in iter(taken.__next__, None):
-                if number >= len(chunks):
-                    return
+            while (number := next(taken)) < len(chunks):
                 a, b = chunks[number]
-                self._score_into(vector, pos[a:b], scores[a:b])
+                try:
+                    self._score_into(vector, pos[a:b], scores[a:b])
+                except BaseException as err:  # re-raised by the calling thread
+                    errors.append(err)
+                with lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        finished.set()
 
-        futures = [_pool(self.threads - 1).submit(work) for _ in range(helpers)]
+        pool = _pool(self.threads - 1)
+        for _ in range(helpers):
+            pool.submit(work)
         work()
-        for future in futures:
-            future.result()
+        finished.wait()
+        if errors:
+            raise errors[0]
         return scores
 
     def _score_into(self, vector: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
