@@ -138,7 +138,7 @@ def latency(shards: dict[str, MemoryShard], queries: np.ndarray, sequential: np.
 
 
 def main() -> None:
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
     rows, queries = _data()
     shards = {s: MemoryShard(rows, storage=s) for s in STORAGES}
     quality_results = quality(shards, queries)
@@ -149,7 +149,7 @@ def main() -> None:
         "# Bytes per query: compressed storage and threaded scoring (issue 14)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, **loaded** (shared with 4 other jobs; load average "
-        f"{load[0]:.1f} at the end of the run), Python {platform.python_version()}, numpy {np.__version__}. "
+        f"{load_start:.1f} at the start and {load[0]:.1f} at the end of the run), Python {platform.python_version()}, numpy {np.__version__}. "
         f"One run ({seconds:.0f} s): `OMP_NUM_THREADS=1 python benchmarks/bench_storage.py`.",
         "",
         f"N = {N:,} synthetic clustered unit rows, d = {D}, k = {K} (data and method: the module docstring). "
@@ -188,7 +188,7 @@ def main() -> None:
     lines.append("")
     OUT.write_text("\n".join(lines))
     OUT.with_suffix(".json").write_text(json.dumps(
-        {"N": N, "d": D, "k": K, "sigma": SIGMA, "loadavg_end": load, "seconds": seconds,
+        {"N": N, "d": D, "k": K, "sigma": SIGMA, "loadavg_start": load_start, "loadavg_end": load, "seconds": seconds,
          "quality": {str(q): v for q, v in quality_results.items()},
          "latency": {str(q): v for q, v in latency_results.items()}}, indent=2))  # fmt: skip
     print("\n".join(lines))
