@@ -21,12 +21,14 @@ top-k of the mechanism is taken on these scores.
 
 Threads: ``score`` splits the (sorted) positions into contiguous chunks (``_CHUNKS_PER_THREAD`` per thread) that
 the calling thread and ``threads - 1`` pool threads take from a shared counter (faiss, numpy and torch release the
-GIL). Every score is computed by the same per-row kernel whichever chunk holds it,
-so the result is bit-identical to one thread.
+GIL); the calling thread then scores any chunk a helper has not finished, so it never waits for a helper. Every
+score is computed by the same per-row kernel whichever thread or chunk computes it, so the result is bit-identical
+to one thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import threading
@@ -153,32 +155,38 @@ class RowSet:
         if helpers < 1:
             self._score_into(vector, pos, scores)
             return scores
-        # Contiguous chunks taken from a shared counter by the calling thread and its helpers; the query waits for
-        # the chunks, not for the helpers: a helper that a loaded machine schedules late finds nothing left to do.
+        # Contiguous chunks taken from a shared counter by the calling thread and its helpers. Each chunk is scored
+        # into a private buffer and published once, under a lock; when the counter runs out, the calling thread
+        # scores every chunk still unpublished itself. So a query never waits for a helper that a loaded machine
+        # has not scheduled (it finishes in about one thread's time), and a late helper's result is discarded.
         bounds = np.linspace(0, pos.size, _CHUNKS_PER_THREAD * (helpers + 1) + 1).astype(np.int64)
         chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-        taken, lock, finished = itertools.count(), threading.Lock(), threading.Event()
-        left, errors = [len(chunks)], []
+        taken, lock, published = itertools.count(), threading.Lock(), [False] * len(chunks)
 
-        def work() -> None:
-            while (number := next(taken)) < len(chunks):
-                a, b = chunks[number]
-                try:
-                    self._score_into(vector, pos[a:b], scores[a:b])
-                except BaseException as err:  # re-raised by the calling thread
-                    errors.append(err)
-                with lock:
-                    left[0] -= 1
-                    if left[0] == 0:
-                        finished.set()
+        def run(number: int) -> None:
+            a, b = chunks[number]
+            part = np.empty(b - a, dtype=np.float32)
+            self._score_into(vector, pos[a:b], part)
+            with lock:
+                if not published[number]:
+                    scores[a:b] = part
+                    published[number] = True
+
+        def helper() -> None:
+            with contextlib.suppress(Exception):  # a chunk a helper fails on is scored again by the caller
+                while (number := next(taken)) < len(chunks):
+                    run(number)
 
         pool = _pool(self.threads - 1)
         for _ in range(helpers):
-            pool.submit(work)
-        work()
-        finished.wait()
-        if errors:
-            raise errors[0]
+            pool.submit(helper)
+        while (number := next(taken)) < len(chunks):
+            run(number)
+        for number in range(len(chunks)):
+            with lock:
+                done = published[number]
+            if not done:
+                run(number)  # still with a helper (or failed there): score it here rather than wait
         return scores
 
     def _score_into(self, vector: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
@@ -186,10 +194,7 @@ class RowSet:
         if self.storage == "float32":
             _inner_products(out, vector, self._embeddings, pos)
             return
-        size = min(_BLOCK, pos.size)
-        codes = np.empty((size, self.dim), dtype=self._embeddings.dtype)
-        block = np.empty((size, self.dim), dtype=np.float32)
-        local = np.arange(size, dtype=np.int64)
+        codes, block, local = _scratch(self._embeddings.dtype, self.dim)
         scaled = np.multiply(vector, np.float32(formats.code_scale(codes.dtype)), dtype=np.float32)  # int8: q/127
         for start in range(0, pos.size, _BLOCK):
             chosen = pos[start : start + _BLOCK]
@@ -213,6 +218,26 @@ class RowSet:
             return pos
         _, probed = self._quantizer.search(self._query(query)[None, :], self._nprobe)
         return pos[np.isin(self._lists[pos], probed[0][probed[0] >= 0])]
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(dtype: np.dtype, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's reusable ``_BLOCK``-row buffers (stored values, float32 rows, local positions).
+
+    Reused across queries: a fresh ~1 MB buffer per call would be page-faulted in again every time (glibc returns
+    large freed blocks to the system), which cost more than the scoring itself in a helper thread.
+    """
+    cache = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (np.dtype(dtype).str, int(dim))
+    if key not in cache:
+        cache[key] = (
+            np.empty((_BLOCK, dim), dtype=dtype),
+            np.empty((_BLOCK, dim), dtype=np.float32),
+            np.arange(_BLOCK, dtype=np.int64),
+        )
+    return cache[key]
 
 
 def _inner_products(out: np.ndarray, vector: np.ndarray, rows: np.ndarray, positions: np.ndarray) -> None:
