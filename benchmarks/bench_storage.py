@@ -13,7 +13,8 @@ Per storage and q, all from one run:
   σ = 1/√d (the "c = 1" setting of README "Choosing k, q and σ": noise norm σ√d ≈ 1) and against the
   sensitivity 2/k;
 * **bytes per query**: kept rows × d × bytes per value;
-* **latency**: median wall time of the mechanism's search (fresh Poisson subsample, score, exact top-k with the id
+* **latency** (3 rounds; the median of the rounds' medians, and the range of the 2-thread/1-thread ratio): median
+  wall time of the mechanism's search (fresh Poisson subsample, score, exact top-k with the id
   tie-break: ``pipeline.mechanism._subsample_search``) with 1 and 2 scoring threads, against the **floor** =
   bytes read / the bandwidth of a one-thread sequential read (a float32 matrix–vector product over 64 MB at a
   random offset of a 307 MB array, measured interleaved with the queries in the same run).
@@ -33,6 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -49,11 +51,12 @@ RATES = (0.01, 0.1)
 STORAGES = ("float32", "float16", "int8")
 BYTES = {"float32": 4, "float16": 2, "int8": 1}
 THREADS = (1, 2)
+ROUNDS = 3  # latency rounds: the load of the shared machine drifts between them
 SMOKE = N < 100_000
 QUALITY_QUERIES = 20 if SMOKE else 200
 TIMED = {0.01: 10, 0.1: 5} if SMOKE else {0.01: 200, 0.1: 60}
 SIGMA = 1.0 / np.sqrt(D)
-OUT = ROOT / "benchmarks" / "results" / ("storage_smoke.md" if SMOKE else "storage.md")
+OUT = Path(tempfile.gettempdir()) / "storage_smoke.md" if SMOKE else ROOT / "benchmarks" / "results" / "storage.md"
 
 
 def _clustered(count: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -137,12 +140,33 @@ def latency(shards: dict[str, MemoryShard], queries: np.ndarray, sequential: np.
     return out
 
 
+def _combine(rounds: list[dict]) -> dict:
+    """Median over rounds of each configuration's median, plus the range over rounds of 2 threads / 1 thread."""
+    out: dict = {}
+    for q in RATES:
+        entry: dict = {
+            "sequential_read_GBps": float(np.median([r[q]["sequential_read_GBps"] for r in rounds])),
+            "rows_kept_mean": float(np.mean([r[q]["rows_kept_mean"] for r in rounds])),
+        }
+        for s in STORAGES:
+            for t in THREADS:
+                name = f"{s}/{t}"
+                entry[name] = {key: float(np.median([r[q][name][key] for r in rounds]))
+                               for key in ("ms", "bytes_per_query", "floor_ms", "vs_floor")}  # fmt: skip
+            ratios = [r[q][f"{s}/2"]["ms"] / r[q][f"{s}/1"]["ms"] for r in rounds]
+            entry[f"{s}/2_over_1_range"] = [float(min(ratios)), float(max(ratios))]
+        entry["rounds"] = [r[q] for r in rounds]
+        out[q] = entry
+    return out
+
+
 def main() -> None:
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     rows, queries = _data()
     shards = {s: MemoryShard(rows, storage=s) for s in STORAGES}
     quality_results = quality(shards, queries)
-    latency_results = latency(shards, queries, shards["float32"]._embeddings)
+    rounds = [latency(shards, queries, shards["float32"]._embeddings) for _ in range(ROUNDS)]
+    latency_results = _combine(rounds)
     seconds = time.perf_counter() - started
     load = os.getloadavg()
     lines = [
@@ -170,11 +194,13 @@ def main() -> None:
             )
     lines += [
         "",
-        "Latency of the search (subsample, score, exact top-k), median ms; floor = bytes read / one-thread "
+        f"Latency of the search (subsample, score, exact top-k), median ms (median over {ROUNDS} rounds of "
+        "interleaved queries); floor = bytes read / one-thread "
         "sequential read bandwidth measured in the same run; `vs float32` = time / float32's one-thread time; "
         "`2 threads / 1 thread` < 1 means the second scoring thread helped.",
         "",
-        "| q | seq. read GB/s | storage | 1 thread ms | × floor | vs float32 | 2 threads ms | × floor | 2 threads / 1 thread |",
+        "| q | seq. read GB/s | storage | 1 thread ms | × floor | vs float32 | 2 threads ms | × floor "
+        "| 2 threads / 1 thread (range over rounds) |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for q in RATES:
@@ -184,7 +210,8 @@ def main() -> None:
             one, two = entry[f"{s}/1"], entry[f"{s}/2"]
             lines.append(
                 f"| {q} | {entry['sequential_read_GBps']:.1f} | {s} | {one['ms']:.2f} | {one['vs_floor']:.2f}× "
-                f"| {one['ms'] / base:.2f}× | {two['ms']:.2f} | {two['vs_floor']:.2f}× | {two['ms'] / one['ms']:.2f}× |"
+                f"| {one['ms'] / base:.2f}× | {two['ms']:.2f} | {two['vs_floor']:.2f}× | {two['ms'] / one['ms']:.2f}× "
+                f"({entry[f'{s}/2_over_1_range'][0]:.2f}–{entry[f'{s}/2_over_1_range'][1]:.2f}) |"
             )
     lines.append("")
     OUT.write_text("\n".join(lines))
