@@ -176,8 +176,9 @@ def capacity_model(results: dict) -> list[str]:
     rows.append("")
     rows.append(
         "float16/int8 rows assume the same bytes/s (fewer bytes, fewer nodes, so more bytes per node: with RAM-sized "
-        "clusters compression saves machines, not latency; add nodes to cut latency); that compressed storage is not "
-        "built yet (issue 14, 'bytes per query'). The charge term is this machine's SQLite ledger (fsync per charge). With one shard actor per node the fan-out is one parallel round trip for "
+        "clusters compression saves machines, not latency; add nodes to cut latency); the storages exist (`index build "
+        "--storage`), and their measured scan rates per byte are in `benchmarks/results/storage.md` (compressed rows "
+        "are decoded before scoring, so their bytes/s is lower than float32's: these two rows are optimistic). The charge term is this machine's SQLite ledger (fsync per charge). With one shard actor per node the fan-out is one parallel round trip for "
         "the top-k lists plus one for the ≤ k rows, so the overhead term does not grow with N."
     )
     return rows

@@ -3,10 +3,10 @@
 Public API (everything else is private)::
 
     build_index(source, index_dir, *, shard="default", model=None, ..., before_commit=None) -> BuildReport
-    PrivateIndex.open(index_dir, *, mmap=False, encoder=None) -> PrivateIndex
+    PrivateIndex.open(index_dir, *, mmap=False, encoder=None, threads=None) -> PrivateIndex
         .add / .remove / .drop_shard / .records / .info / .bind_ledger / .ledger_binding / .set_encoder
     Shard.restrict / .score / .ids_at / .rows   (the only primitives the DP mechanism uses)
-    MemoryShard(embeddings, ids=None, *, quantizer=None, nprobe=1)   (same primitives over arrays)
+    MemoryShard(embeddings, ids=None, *, quantizer=None, nprobe=1, storage="float32", threads=None)
     load_encoder(model=None, pretrained=None, *, num_threads=None) -> Encoder
 
 Names are imported on first use (PEP 562), so ``import index`` and ``import index.fs`` load neither torch nor faiss

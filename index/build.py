@@ -34,7 +34,10 @@ from index.quantizer import PublicQuantizer, train_public_quantizer
 from index.ray_encode import ray_encode_batches, require_ray
 from index.resume import Checkpoints
 from index.safety import IndexKind, resolve_index_type
+from index.shard import check_shard_storage
 from index.sources import DEFAULT_MAX_PIXELS, read_source
+from index.storage import DEFAULT as DEFAULT_STORAGE
+from index.storage import check_storage
 
 _STAT_FIELDS = ("shard", "added", "encoded", "reused", "duplicates", "skipped", "seconds", "encoder_seconds")
 _SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -133,6 +136,7 @@ def build_index(
     engine: str = "local",
     workers: int = 1,
     ray_address: str | None = None,
+    storage: str | None = None,
 ) -> BuildReport:
     """Build (or rebuild) shard ``shard`` of the index at ``index_dir`` from ``source``.
 
@@ -162,6 +166,9 @@ def build_index(
         engine: ``local`` (default: encode in this process) or ``ray`` (encode on Ray Data with ``workers``
             encoder actors, joining ``ray_address`` or starting a local Ray; needs the ``scale`` extra). Everything
             but the encoding (reader, dedupe, checkpoints, commit) runs here either way.
+        storage: how a NEW shard stores its rows: ``float32`` (default), ``float16`` or ``int8`` (fixed range,
+            :mod:`index.storage`; flat indexes only). An existing shard keeps its own storage (passing another one
+            is refused: drop the shard first).
 
     Returns:
         A :class:`BuildReport` whose ``to_dict()`` equals ``PrivateIndex.open(index_dir).info()``.
@@ -176,9 +183,21 @@ def build_index(
         public_train=public_train, image_column=image_column, num_threads=num_threads, progress=progress,
         index_type=index_type, max_pixels=max_pixels, on_batch=on_batch, append=append,
         before_commit=before_commit, before_drop=before_drop, engine=engine, workers=workers,
-        ray_address=ray_address,
+        ray_address=ray_address, storage=storage,
     )  # fmt: skip
     return report
+
+
+def _shard_storage(existing: Any, storage: str | None, kind: IndexKind) -> str:
+    """The storage of the shard written: its own if it exists (fixed at creation), else ``storage`` or float32."""
+    if existing is None:
+        return check_shard_storage(storage or DEFAULT_STORAGE, kind)
+    if storage is not None and storage != existing.storage:
+        raise IndexInputError(
+            f"shard '{existing.name}' is stored as {existing.storage}; a shard's storage is fixed at creation: drop "
+            f"--storage, or drop the shard first ('dprdm index drop-shard') to rebuild it as {storage}"
+        )
+    return str(existing.storage)
 
 
 def run_build(
@@ -204,6 +223,7 @@ def run_build(
     engine: str = "local",
     workers: int = 1,
     ray_address: str | None = None,
+    storage: str | None = None,
 ) -> tuple[BuildReport, View]:
     """:func:`build_index`, reusing the shard views of ``known`` (and its loaded ``encoder``) when current.
 
@@ -212,6 +232,8 @@ def run_build(
     _validate(shard, batch_size)
     if engine not in ("local", "ray"):
         raise IndexInputError(f"--engine must be 'local' or 'ray', found {engine!r}; pass one of them")
+    if storage is not None:
+        check_storage(storage)
     if engine == "ray":
         require_ray()  # before anything is read or created
     path = fs.expand_user(index_dir).resolve()
@@ -228,6 +250,7 @@ def run_build(
             raise IndexInputError(
                 "--public-train is only used with --index-type ivf-flat; drop it or pass --index-type ivf-flat"
             )
+        check_shard_storage(storage or DEFAULT_STORAGE, kind)
         encoder = load_encoder(model, pretrained, num_threads=num_threads)
         trained = train_public_quantizer(public_train, encoder.dim) if public_train is not None else None
     with store.writer_lock(path):
@@ -254,6 +277,7 @@ def run_build(
                 encoder = load_encoder(spec.get("model"), spec.get("pretrained"), num_threads=num_threads)
             check_encoder(top, encoder, path)
         existing = current.shards.get(shard)
+        storage = _shard_storage(existing, storage, IndexKind(top["index_type"]))
         other_ids: set[int] = set()
         for other in current.shards.values():
             if other.name != shard:
@@ -267,7 +291,7 @@ def run_build(
             content, stats = ingest(
                 records, shard=shard, encoder=encoder, checkpoints=Checkpoints(path, encoder.sha256),
                 existing=existing, append=append, other_shard_ids=other_ids, batch_size=batch_size,
-                progress=progress, on_batch=on_batch, encode_batches=encode_batches,
+                progress=progress, on_batch=on_batch, encode_batches=encode_batches, storage=storage,
             )  # fmt: skip
         before = existing.ids if existing is not None else np.empty(0, dtype=np.int64)
         new_ids = content.ids[~np.isin(content.ids, before)]

@@ -207,7 +207,7 @@ def drop_unreferenced(index_dir: Path, top: dict[str, Any]) -> None:
 
 
 def describe(view: View) -> dict[str, Any]:
-    """The ``--json`` document of an index: counts, shards (records, skipped count, ``empty``), the skipped
+    """The ``--json`` document of an index: counts, shards (records, skipped count, ``empty``, ``storage``), the skipped
     inputs with reasons (for ``--json``; human output prints only the counts, the list only on build), encoder,
     ledger binding and last operation."""
     top = view.top
@@ -221,6 +221,7 @@ def describe(view: View) -> dict[str, Any]:
                 "records": sh.num_records,
                 "skipped": len(sh.manifest.get("skipped", [])),
                 "empty": sh.num_records == 0,
+                "storage": sh.storage,
             }
             for n, sh in view.shards.items()
         },

@@ -128,6 +128,7 @@ def ingest(
     progress: bool,
     on_batch: Callable[[int], None] | None,
     encode_batches: EncodeBatches | None = None,
+    storage: str = "float32",
 ) -> tuple[ShardContent, dict[str, Any]]:
     """Produce the new content of ``shard`` and the operation statistics.
 
@@ -140,6 +141,7 @@ def ingest(
         encode_batches: another encoding engine (``--engine ray``): given the ``(id, RGB image)`` records that need
             encoding (after skips, dedupe and reuse), yields ``(ids, unit float32 rows)`` batches in any order; each
             batch is checkpointed here as it arrives, exactly like a local batch. None: encode in this process.
+        storage: the format the shard's rows are written in (:mod:`index.storage`).
     """
     started = time.perf_counter()
     known = checkpoints.load()
@@ -179,6 +181,7 @@ def ingest(
         aliases=state.aliases,
         skipped=base_skipped + state.skipped,
         created=existing.manifest.get("created", utc_now()) if existing is not None else utc_now(),
+        storage=storage,
     )
     seconds = time.perf_counter() - started
     stats = {

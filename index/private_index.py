@@ -24,17 +24,25 @@ from index.commit import BeforeCommit, View, check_encoder, open_view
 from index.encoder import Encoder, load_encoder
 from index.errors import IndexInputError
 from index.removal import RemoveReport, drop_shard, remove_records
+from index.rows import check_threads
 from index.shard import Shard
 
 
 class PrivateIndex:
     """A private, sharded, DP-safe index on disk. Build one with :func:`index.build_index`; open with :meth:`open`."""
 
-    def __init__(self, view: View, *, encoder: Encoder | None = None) -> None:
+    def __init__(self, view: View, *, encoder: Encoder | None = None, threads: int | None = None) -> None:
         self.path = view.path
         self.mmap = view.mmap
-        self._view = view
+        self.threads = check_threads(threads)
         self._encoder = encoder
+        self._use(view)
+
+    def _use(self, view: View) -> None:
+        """Adopt ``view`` and give every shard view this index's scoring threads."""
+        for shard in view.shards.values():
+            shard.threads = self.threads
+        self._view = view
 
     @property
     def _top(self) -> dict[str, Any]:
@@ -46,7 +54,12 @@ class PrivateIndex:
 
     @classmethod
     def open(
-        cls, index_dir: str | os.PathLike[str], *, mmap: bool = False, encoder: Encoder | None = None
+        cls,
+        index_dir: str | os.PathLike[str],
+        *,
+        mmap: bool = False,
+        encoder: Encoder | None = None,
+        threads: int | None = None,
     ) -> PrivateIndex:
         """Open and validate an index.
 
@@ -54,6 +67,8 @@ class PrivateIndex:
             index_dir: the index directory.
             mmap: memory-map the faiss indexes and embeddings read-only (add/remove are then refused).
             encoder: if given, it must be the encoder the index was built with (same sha256 and dimension).
+            threads: threads scoring one private query's kept rows in each shard (:meth:`Shard.score`; default 1).
+                The scores, hence the top-k, are bit-identical for any value.
 
         Raises:
             IndexInputError: not an index, or ``encoder`` differs from the index's encoder.
@@ -64,7 +79,7 @@ class PrivateIndex:
         view = open_view(path, mmap=mmap)
         if encoder is not None:
             check_encoder(view.top, encoder, path)
-        return cls(view, encoder=encoder)
+        return cls(view, encoder=encoder, threads=threads)
 
     def __repr__(self) -> str:
         return f"PrivateIndex({str(self.path)!r}, records={self.num_records}, shards={self.shard_names})"
@@ -203,7 +218,7 @@ class PrivateIndex:
             num_threads=num_threads, progress=progress, append=True, before_commit=before_commit,
             known=self._view, encoder=self._encoder,
         )  # fmt: skip
-        self._view = view
+        self._use(view)
         return report
 
     def remove(
@@ -227,9 +242,10 @@ class PrivateIndex:
             IndexInputError: no selector, or no selector matched anything (the message names them).
         """
         self._require_writable()
-        report, self._view = remove_records(
+        report, view = remove_records(
             self.path, ids=ids, sources=sources, before_commit=before_commit, known=self._view
         )
+        self._use(view)
         return report
 
     def drop_shard(self, name: str, *, before_commit: BeforeCommit | None = None) -> int:
@@ -241,7 +257,8 @@ class PrivateIndex:
             IndexInputError: no such shard, or the index was opened read-only.
         """
         self._require_writable()
-        ids, self._view = drop_shard(self.path, name, before_commit=before_commit, known=self._view)
+        ids, view = drop_shard(self.path, name, before_commit=before_commit, known=self._view)
+        self._use(view)
         return int(len(ids))
 
     def set_encoder(self, model: str, pretrained: str | None = None) -> None:
@@ -267,4 +284,4 @@ class PrivateIndex:
             )
 
     def _adopt(self, top: dict[str, Any]) -> None:
-        self._view = protocol.view_of(self.path, top, mmap=self.mmap, known=self._view)
+        self._use(protocol.view_of(self.path, top, mmap=self.mmap, known=self._view))

@@ -109,6 +109,7 @@ def remove_records(
                 aliases=[a for a in aliases if a.id not in drop],
                 skipped=list(shard.manifest.get("skipped", [])),
                 created=shard.manifest.get("created", store.utc_now()),
+                storage=shard.storage,
             )
             removed_ids[shard.name] = ids_now[~keep]
         unmatched_ids = tuple(i for i in dict.fromkeys(id_list) if i not in matched_ids)

@@ -4,8 +4,10 @@ Positional invariant (the DP retrieval stage relies on it): ``shard.ids[i]`` is 
 ``shard.embeddings[i]``. The mechanism reaches the rows only through :meth:`Shard.restrict`,
 :meth:`Shard.score`, :meth:`Shard.ids_at` and :meth:`Shard.rows` (:mod:`index.rows`), never through faiss.
 
-Records rule (issue 9): every stored row is finite with ``|norm - 1| <= 1e-3``; checked when a generation is
-written and when ``embeddings.npy`` is loaded (before any charge), else :class:`IndexCorruptError`.
+Records rule (issue 9): every stored row is finite with ``|norm - 1| <= 1e-3`` (float32 storage) or, for a shard
+stored as float16/int8 (``"storage"`` in its manifest, fixed at creation, :mod:`index.storage`), with the
+decoded row within that format's derived tolerance; checked when a generation is written and when
+``embeddings.npy`` is loaded (before any charge), else :class:`IndexCorruptError`.
 
 Integrity: the shard manifest records each data file's size and sha256. Opening checks the sizes (cheap);
 each file's sha256 is checked the first time the view loads it, so damage of the right size (a flipped
@@ -26,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from index import fs, store
-from index.errors import IndexCorruptError, StaleShardError
-from index.rows import RowSet, bad_rows
+from index import storage as formats
+from index.errors import IndexCorruptError, IndexInputError, StaleShardError
+from index.rows import RowSet, bad_rows, check_threads
 from index.safety import IndexKind, check_faiss_index
 
 if TYPE_CHECKING:
@@ -40,7 +43,10 @@ FILES = ("index.faiss", "embeddings.npy", "ids.npy", "metadata.sqlite")
 
 @dataclass(frozen=True, kw_only=True)
 class ShardContent:
-    """Everything a new shard generation holds, in row order (input of :func:`write_shard`)."""
+    """Everything a new shard generation holds, in row order (input of :func:`write_shard`).
+
+    ``embeddings`` are float unit rows; ``storage`` is the format they are written in (:mod:`index.storage`).
+    """
 
     name: str
     ids: np.ndarray
@@ -49,6 +55,7 @@ class ShardContent:
     aliases: list[store.MetadataRow]
     skipped: list[dict[str, str]]
     created: str
+    storage: str = formats.DEFAULT
 
 
 def make_faiss_index(
@@ -83,18 +90,24 @@ def write_shard(
     The generation becomes visible only when the caller commits a manifest that names it.
 
     Raises:
-        IndexCorruptError: a row is not finite or not unit norm (nothing is written).
+        IndexCorruptError: a row is not finite or not unit norm within the storage's tolerance, before or after
+            encoding (nothing is written).
+        IndexInputError: an unknown storage, or a compressed storage on an ivf-flat index.
     """
-    if bad_rows(content.embeddings):
+    storage = check_shard_storage(content.storage, kind)
+    stored = None
+    if not bad_rows(content.embeddings, storage):
+        stored = formats.encode(content.embeddings, storage)
+    if stored is None or (storage != formats.DEFAULT and bad_rows(stored, storage)):
         raise IndexCorruptError(
-            f"refusing to write shard '{content.name}': {bad_rows(content.embeddings)} embedding rows are not finite "
-            "unit vectors; check the encoder and rebuild"
+            f"refusing to write shard '{content.name}': embedding rows are not finite unit vectors "
+            f"(storage {storage}); check the encoder and rebuild"
         )
     shards = fs.make_private_dir(index_dir / "shards")
     relative = f"shards/{content.name}.{secrets.token_hex(6)}"
     tmp = fs.make_private_dir(index_dir / f"{relative}.tmp")
     store.write_faiss(make_faiss_index(kind, content.ids, content.embeddings, template), tmp / "index.faiss")
-    store.write_array(tmp / "embeddings.npy", np.ascontiguousarray(content.embeddings, dtype=np.float32))
+    store.write_array(tmp / "embeddings.npy", stored)
     store.write_array(tmp / "ids.npy", np.ascontiguousarray(content.ids, dtype=np.int64))
     store.write_metadata(tmp / "metadata.sqlite", content.rows, content.aliases)
     now = store.utc_now()
@@ -102,6 +115,7 @@ def write_shard(
     manifest.update(
         shard=content.name,
         records=int(len(content.ids)),
+        storage=storage,
         files={
             name: {"size": (tmp / name).stat().st_size, "sha256": store.file_sha256(tmp / name)}
             for name in FILES
@@ -117,6 +131,20 @@ def write_shard(
     return relative
 
 
+def check_shard_storage(storage: str, kind: IndexKind) -> str:
+    """``storage`` if it names a format usable with ``kind``, else a one-line :class:`IndexInputError`.
+
+    ivf-flat keeps float32 rows: its faiss lists hold them anyway, so compressing the scored copy saves nothing.
+    """
+    formats.check_storage(storage)
+    if kind is IndexKind.IVF_FLAT and storage != formats.DEFAULT:
+        raise IndexInputError(
+            f"--storage {storage} is not supported with --index-type ivf-flat (its lists hold float32 rows); "
+            "drop --storage or use the flat index"
+        )
+    return storage
+
+
 class Shard:
     """Read-side view of one shard generation; never mutates files (mapped indexes abort if mutated).
 
@@ -124,6 +152,8 @@ class Shard:
         name: shard name.
         num_records: number of stored records.
         kind: DP-safe index kind.
+        storage: ``float32``, ``float16`` or ``int8`` (:mod:`index.storage`), fixed when the shard was created.
+        threads: threads scoring one query's rows in :meth:`score` (default 1; scores do not depend on it).
     """
 
     def __init__(
@@ -137,6 +167,8 @@ class Shard:
         self.manifest = store.read_json(self.path / store.MANIFEST)
         self._check(entry, top)
         self.num_records = int(self.manifest["records"])
+        self.storage = str(self.manifest.get("storage", formats.DEFAULT))
+        self._threads = 1
         self._ids: np.ndarray | None = None
         self._embeddings: np.ndarray | None = None
         self._index: faiss.Index | None = None
@@ -162,6 +194,12 @@ class Shard:
         if m.get("records") != entry.get("records") or m.get("index_type") != top["index_type"]:
             raise IndexCorruptError(
                 f"shard '{self.name}' record count or index type disagrees with '{store.MANIFEST}'"
+            )
+        storage = m.get("storage", formats.DEFAULT)
+        if storage not in formats.STORAGES or (storage != formats.DEFAULT and self.kind is not IndexKind.FLAT):
+            raise IndexCorruptError(
+                f"shard manifest '{where}' names an unknown storage {storage!r} for index type '{self.kind.value}'; "
+                "rebuild the shard"
             )
         files = m.get("files")
         if not isinstance(files, dict) or any(
@@ -236,22 +274,34 @@ class Shard:
         import faiss
 
         if self._rowset is None:
-            index, ids, embeddings = self.faiss_index, self._load_ids(), self.embeddings
+            index, ids, stored = self.faiss_index, self._load_ids(), self._stored()
             quantizer = faiss.extract_index_ivf(index).quantizer if self.kind is IndexKind.IVF_FLAT else None
             self._rowset = RowSet(
-                embeddings, ids, quantizer=quantizer, nprobe=int(self.manifest.get("nprobe", 1))
+                stored, ids, quantizer=quantizer, nprobe=int(self.manifest.get("nprobe", 1)), threads=self._threads
             )
         return self._rowset
 
-    def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Exact inner products (float32) of the unit ``query`` ``(d,)`` with the rows at ``positions`` (int64).
+    @property
+    def threads(self) -> int:
+        """Threads scoring one query's rows (:meth:`score`); the scores are bit-identical for any value."""
+        return self._threads
 
-        Private values: used inside the mechanism only, never released.
+    @threads.setter
+    def threads(self, threads: int | None) -> None:
+        self._threads = check_threads(threads)
+        if self._rowset is not None:
+            self._rowset.threads = self._threads
+
+    def score(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Exact inner products (float32) of the unit ``query`` ``(d,)`` with the (decoded) rows at ``positions``.
+
+        Float16/int8 shards: float32 query · decoded row (:mod:`index.storage`). Private values: used inside the
+        mechanism only, never released.
         """
         return self._rows().score(query, positions)
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
-        """A float32 ``(m, d)`` copy of the rows at ``positions``."""
+        """A float32 ``(m, d)`` copy of the (decoded) rows at ``positions``."""
         return self._rows().rows(positions)
 
     def ids_at(self, positions: np.ndarray) -> np.ndarray:
@@ -286,14 +336,27 @@ class Shard:
 
     @property
     def embeddings(self) -> np.ndarray:
-        """All unit rows, float32 ``(num_records, dim)``, read-only (memory-mapped when opened with mmap)."""
+        """All unit rows, float32 ``(num_records, dim)``, read-only.
+
+        float32 storage: the stored array (memory-mapped when opened with mmap); float16/int8: a decoded copy.
+        """
+        stored = self._stored()
+        if stored.dtype == np.float32:
+            return stored
+        rows = formats.decode(stored)
+        rows.setflags(write=False)
+        return rows
+
+    def _stored(self) -> np.ndarray:
+        """The rows as stored (dtype of the shard's storage), loaded and checked once."""
         if self._embeddings is None:
             emb = self._load_npy("embeddings.npy")
-            if emb.dtype != np.float32 or emb.shape != (self.num_records, self._dim):
+            if emb.dtype != formats.dtype_of(self.storage) or emb.shape != (self.num_records, self._dim):
                 raise IndexCorruptError(
-                    f"'{self.path / 'embeddings.npy'}' has shape {emb.shape}; rebuild the shard"
+                    f"'{self.path / 'embeddings.npy'}' has shape {emb.shape} and dtype {emb.dtype}, not "
+                    f"{self.storage}; rebuild the shard"
                 )
-            if bad_rows(emb):
+            if bad_rows(emb, self.storage):
                 raise IndexCorruptError(
                     f"'{self.path / 'embeddings.npy'}' holds rows that are not finite unit vectors; rebuild the shard "
                     "with 'dprdm index build'"

@@ -7,10 +7,11 @@ private data)::
     DIR/quantizer.faiss            only for ivf-flat: the empty IVF index trained on PUBLIC embeddings
     DIR/shards/<name>.<gen>/       one immutable generation per shard:
         index.faiss                IndexIDMap2(IndexFlatIP) (or IndexIVFFlat) over the shard's rows
-        embeddings.npy             (n, d) float32 unit rows, row i belongs to ids[i]
+        embeddings.npy             (n, d) unit rows, row i belongs to ids[i]: float32, or float16/int8 when the
+                                   shard manifest's "storage" says so (index.storage)
         ids.npy                    (n,) int64 content ids, the row order of the flat storage
         metadata.sqlite            records(id, source, position) + aliases(id, source) for exact duplicates
-        manifest.json              per-shard manifest: encoder, dim, counts, index type, times, and per data
+        manifest.json              per-shard manifest: encoder, dim, counts, index type, storage, times, and per data
                                    file its size and sha256 (checked when the file is loaded)
     DIR/work/<encoder>/chunk-*.npz resume checkpoints of an unfinished build (deleted when a build commits)
     DIR/.lock                      flock held by writers

@@ -61,7 +61,10 @@ def _human_info(info: dict[str, Any]) -> str:
     ]
     for name, shard in info["shards"].items():
         empty = " (empty: all its images are stored in other shards)" if shard.get("empty") else ""
-        lines.append(f"  shard {name}: {shard['records']} records, {shard['skipped']} inputs skipped{empty}")
+        lines.append(
+            f"  shard {name}: {shard['records']} records ({shard.get('storage', 'float32')}), "
+            f"{shard['skipped']} inputs skipped{empty}"
+        )
     return "\n".join(lines)
 
 
@@ -140,6 +143,12 @@ def build(
     workers: Annotated[
         int, typer.Option("--workers", metavar="N", help="Encoder actors with --engine ray.")
     ] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", metavar="FORMAT", show_default=False,
+                     help="Row storage of a new shard: float32 (default), float16 or int8 (fixed range [-1, 1]); "
+                          "flat only; fixed at creation."),
+    ] = None,
 ) -> None:
     """Build (or rebuild) a shard from SOURCE; re-running an interrupted build resumes it."""
     from index import build_index
@@ -155,7 +164,7 @@ def build(
         progress=_show_progress(json_mode), index_type=index_type,
         before_commit=membership_hook(ledger, joining=True),
         before_drop=forget_hook(index, membership_hook(ledger, joining=False)),
-        engine=engine, workers=workers, ray_address=ray_address,
+        engine=engine, workers=workers, ray_address=ray_address, storage=storage,
     )  # fmt: skip
     with after_commit(f"the build of shard '{shard}' committed; see 'dprdm index info --index {index}'"):
         _warn_if_far_from_bundled(index, shard)

@@ -199,7 +199,8 @@ class DPRDMPipeline:
             decoder (`Decoder | str | os.PathLike`, *optional*): a decoder or its folder (any family
                 :func:`pipeline.decoders.load_decoder` recognises); None = the bundled one.
             shards (`Sequence[str]`, *optional*): shards to query; defaults to every shard.
-            threads (`int`, *optional*): torch threads of the encoder.
+            threads (`int`, *optional*): torch threads of the encoder, and threads scoring a query's kept rows in
+                each shard (``PrivateIndex.open(threads=)``; the top-k does not depend on it).
             decoder_options (`dict`, *optional*): the decoder family's knobs (e.g. ``noise_level``), passed to
                 :func:`pipeline.decoders.load_decoder`.
             adapter (`str | os.PathLike`, *optional*): a ``dprdm finetune`` adapter folder applied to the decoder
@@ -224,7 +225,7 @@ class DPRDMPipeline:
         from pipeline.ledgers import index_ledger
         from pipeline.retrieve import PrivateRetriever
 
-        index = PrivateIndex.open(expand_user(index_dir))
+        index = PrivateIndex.open(expand_user(index_dir), threads=threads)
         if ledger is None or isinstance(ledger, str | os.PathLike):
             ledger = index_ledger(index, ledger)  # the index's one ledger; any other is refused (exit 3)
         if engine not in ("local", "ray"):

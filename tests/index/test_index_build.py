@@ -28,7 +28,7 @@ def test_messy_folder_builds_and_lists_every_skip(tmp_path: Path, tiny_model: st
     assert (
         info["dim"] == 16
         and info["index_type"] == "flat"
-        and info["shards"] == {"default": {"records": 10 + ok, "skipped": len(bad), "empty": False}}
+        and info["shards"] == {"default": {"records": 10 + ok, "skipped": len(bad), "empty": False, "storage": "float32"}}
     )
     skipped = {Path(s["source"]).name: s["reason"] for s in info["skipped"]}
     assert set(skipped) == set(bad)

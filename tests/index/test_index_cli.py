@@ -40,7 +40,7 @@ def test_build_add_remove_info_json(tmp_path: Path, tiny_model: str, messy_corpu
 
     write_good_images(tmp_path / "extra", 3, start=50)
     added = _ok_json(_run("add", tmp_path / "extra", "--index", ix, "--shard", "extra", "--json"))
-    assert added["shards"]["extra"] == {"records": 3, "skipped": 0, "empty": False}
+    assert added["shards"]["extra"] == {"records": 3, "skipped": 0, "empty": False, "storage": "float32"}
     assert added["records"] == built["records"] + 3
 
     victim = content_id(noise_image(51))

@@ -251,7 +251,7 @@ def test_a_shard_of_only_duplicates_is_allowed_and_marked_empty(tmp_path: Path, 
     report = build_index(tmp_path / "a", tmp_path / "ix", shard="b", progress=False)
     assert report.added == 0 and report.duplicates == 4
     shards = PrivateIndex.open(tmp_path / "ix").info()["shards"]
-    assert shards["b"] == {"records": 0, "skipped": 0, "empty": True} and shards["a"]["empty"] is False
+    assert shards["b"] == {"records": 0, "skipped": 0, "empty": True, "storage": "float32"} and shards["a"]["empty"] is False
 
 
 def test_set_encoder_repoints_a_moved_model_and_checks_its_hash(
