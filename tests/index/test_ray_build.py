@@ -16,14 +16,6 @@ from index_corpora import write_bad_and_odd_files, write_good_images
 from index import IndexInputError, PrivateIndex, build_index
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _corpus(folder: Path) -> Path:
     write_good_images(folder, 23)
     write_bad_and_odd_files(folder)

@@ -25,14 +25,6 @@ def _scope(queries: int) -> dict:
     return {"k": K, "q": Q, "sigma": SIGMA, "epsilon": (low + high) / 2}
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _query(encoder, text: str) -> np.ndarray:
     return encoder.encode_text([text])[0]
 

@@ -125,21 +125,18 @@ def test_threads_give_the_same_release_on_an_int8_index(built_pair, encoder, tmp
         np.testing.assert_array_equal(first.vector, second.vector)
 
 
-def test_ray_shard_actor_serves_an_int8_shard_like_the_local_path(built_pair, encoder, tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray")
+def test_ray_shard_actor_serves_an_int8_shard_like_the_local_path(
+    ray_local, built_pair, encoder, tmp_path: Path
+) -> None:
     from pipeline.scale.ray_shards import RayShardRetriever
 
     path = _copy(built_pair["int8"], tmp_path)
     index, ledger = PrivateIndex.open(path), _ledger(path)
     local = PrivateRetriever(index, ledger)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        with RayShardRetriever(index, ledger, num_cpus=0) as remote:
-            for seed in range(2):
-                query = encoder.encode_text([f"a handwritten digit {seed + 5}"])[0]
-                want = local.retrieve(query, _rng=np.random.default_rng(seed))
-                got = remote.retrieve(query, _rng=np.random.default_rng(seed))
-                np.testing.assert_array_equal(got.vector, want.vector)
-    finally:
-        ray.shutdown()
+    with RayShardRetriever(index, ledger, num_cpus=0) as remote:
+        for seed in range(2):
+            query = encoder.encode_text([f"a handwritten digit {seed + 5}"])[0]
+            want = local.retrieve(query, _rng=np.random.default_rng(seed))
+            got = remote.retrieve(query, _rng=np.random.default_rng(seed))
+            np.testing.assert_array_equal(got.vector, want.vector)
     assert ledger.status("default").queries_charged == 4

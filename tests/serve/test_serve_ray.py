@@ -70,14 +70,6 @@ def test_http_generation_through_ray_actors_charges_once_and_shuts_ray_down(inde
     assert _session(server.process.pid) == []
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_service_ray_engine_releases_the_local_vector_with_one_actor_set(ray_local, index_dir, add_key):
     from pipeline.serve.service import Service
