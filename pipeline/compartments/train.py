@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pipeline.compartments.posterior import ShardPosterior, charge_posterior, posterior_event
-from pipeline.compartments.store import Compartments
+from pipeline.compartments.store import Compartments, compartments_lock
 from pipeline.errors import PipelineInputError, PrivacyRefusal
 
 if TYPE_CHECKING:
@@ -232,11 +232,20 @@ def train_compartments(
 
     Raises:
         CompartmentsDamaged: the store is damaged (nothing charged).
+        CompartmentsBusy: another process is training or forgetting on this index (exit 3, nothing done).
         PrivacyRefusal: ``--non-private`` on a shard not marked public/consented (exit 3).
     """
+    index = _open(index)
+    with compartments_lock(index.path):  # held from reading the manifest to committing it
+        return _train_locked(index, ledger, shards=shards, epsilon=epsilon, non_private=non_private,
+                             classifier_epsilon=classifier_epsilon, decoder=decoder, adapter=adapter,
+                             classifier=classifier, _seed=_seed)
+
+
+def _train_locked(index: PrivateIndex, ledger: Ledger | None, *, shards, epsilon, non_private, classifier_epsilon,
+                  decoder, adapter, classifier, _seed) -> dict[str, Any]:
     from pipeline.finetune.adapter import decoder_sha256
 
-    index = _open(index)
     store = Compartments(index.path).verify()
     names = list(shards) if shards else index.shard_names
     unknown = sorted(set(names) - set(index.shard_names))
@@ -289,12 +298,20 @@ def forget(
 
     Raises:
         CompartmentsDamaged: the store is damaged (nothing removed or charged).
+        CompartmentsBusy: another process is training or forgetting on this index (exit 3, nothing done).
         PipelineInputError: no compartment for ``shard``; the selectors matched records of other shards too.
     """
-    from pipeline.ledgers import membership_hook
-
     start = time.perf_counter()
     index = _open(index)
+    with compartments_lock(index.path):  # held across the dry run, the removal, the charges and the commit
+        return _forget_locked(index, shard, ledger, ids=ids, sources=sources, decoder=decoder, _seed=_seed,
+                              start=start)
+
+
+def _forget_locked(index: PrivateIndex, shard: str, ledger: Ledger | None, *, ids, sources, decoder, _seed,
+                   start: float) -> dict[str, Any]:
+    from pipeline.ledgers import membership_hook
+
     store = Compartments(index.path).verify()
     if shard not in store.shards:
         raise PipelineInputError(f"shard '{shard}' has no compartment; nothing to forget there")
