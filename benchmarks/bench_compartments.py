@@ -18,6 +18,20 @@ plus the classifier (and versus the paragon), and the digit-FD after forgetting 
 
 Writes ``benchmarks/results/compartments[_quick].md`` / ``.json`` and ``docs/compartments_weights.png`` (w_i(t)).
 Run: ``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_compartments.py [--quick]``.
+
+``--encoder``: the product path at tiny scale. Shards of the bundled PRIVATE MNIST digits (200 per class after 50
+per class are held out for testing) in a real index; per shard an ``attention+conditioning`` adapter of the bundled
+tiny decoder trained by :func:`pipeline.compartments.train_compartments` (non-private: the shards are marked
+public for this measurement; ``--dp-epsilon E`` adds a DP class split at ε = E per training), the shard classifier,
+:class:`ComposedDecoder` sampling (DDIM, guidance 1, condition: the unit mean of the encoder embeddings of the
+public half). Models: the paragon (one adapter on all the training digits), class split {0–4} | {5–9} (posterior,
+naive, access set {s0}) and iid n ∈ ``--n``. Metrics in the bundled encoder's embedding space
+(:class:`pipeline.compartments.digits.EncoderJudge`): encoder-FD to the held-out test digits; in {0–4}, ambiguous
+and low-confidence shares by a logistic regression on the encoder embeddings of the PUBLIC half; downstream acc. =
+a logistic regression on the samples' pixels with the judge's labels, tested on the real held-out digits. Forgetting:
+the wall time of the real ``forget`` of one record vs the ``train_compartments`` run that trained everything.
+Writes ``benchmarks/results/compartments_encoder.md`` / ``.json`` (rewritten after each model).
+Run: ``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_compartments.py --encoder [--n 2 4 8] [--dp-epsilon 10]``.
 """
 
 from __future__ import annotations
@@ -144,7 +158,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--classifier-sigma", type=float, default=0.0)
+    enc = parser.add_argument_group("--encoder: bundled-decoder adapters on the bundled private digits")
+    enc.add_argument("--encoder", action="store_true", help="run the encoder-space benchmark instead")
+    enc.add_argument("--n", type=int, nargs="+", default=[2, 4, 8], help="iid shard counts")
+    enc.add_argument("--epochs", type=int, default=3, help="adapter epochs over each shard")
+    enc.add_argument("--lr", type=float, default=1e-3, help="adapter learning rate")
+    enc.add_argument("--samples", type=int, default=500, help="samples per model")
+    enc.add_argument("--sample-steps", type=int, default=20, help="DDIM steps")
+    enc.add_argument("--classifier-steps", type=int, default=300, help="shard classifier steps")
+    enc.add_argument("--per-class", type=int, default=None, help="private training digits per class (default all)")
+    enc.add_argument("--out-name", default="compartments_encoder", help="results file stem")
+    enc.add_argument("--dp-epsilon", type=float, default=None, help="also a DP class split at this epsilon")
     args = parser.parse_args(argv)
+    if args.encoder:
+        return encoder_main(args)
     args.steps = 1500 if args.quick else 3000
     args.hidden = 256 if args.quick else 512
     args.samples = 500 if args.quick else 1000
@@ -204,6 +231,234 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     return 0
+
+
+# -- --encoder: adapters of the bundled decoder on the bundled private digits, judged in the encoder's space -----
+ENC_TEST_PER_CLASS = 50
+
+
+def _enc_split(seed: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) of the private half: 50 test digits per class held out (never in a shard)."""
+    from pipeline.data import load_mnist_split
+
+    labels = load_mnist_split().private_labels
+    rng = np.random.default_rng(seed)
+    test = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:ENC_TEST_PER_CLASS] for c in range(10)])
+    return np.setdiff1d(np.arange(len(labels)), test), np.sort(test)
+
+
+def _enc_index(root: Path, shards: dict[str, np.ndarray], ledger_epsilon: float | None = None):
+    """Build an index with one shard per entry; mark every shard public (non-private run) or create DP scopes."""
+    from accountant import Ledger
+    from index import PrivateIndex, build_index
+    from pipeline.compartments import digits, mark_public
+
+    folders = digits.write_digit_shards(root / "png", shards)
+    names = list(shards)
+    build_index(folders[names[0]], root / "index", shard=names[0], progress=False, num_threads=1)
+    index = PrivateIndex.open(root / "index")
+    for name in names[1:]:
+        index.add(folders[name], shard=name, num_threads=1)
+    if ledger_epsilon is None:
+        for name in names:
+            mark_public(root / "index", name, note="benchmark: non-private measurement of the adapter path")
+        return root / "index", None
+    book = Ledger(root / "index" / "budget.sqlite")
+    for name in names:
+        book.create_scope(name, epsilon=ledger_epsilon, delta=1e-5, k=10, q=0.5, sigma=0.3,
+                          records=len(shards[name]))
+    return root / "index", book
+
+
+def _enc_floor(judge, images: np.ndarray, train_rows: np.ndarray, count: int, size: int, reference) -> dict:
+    """The judge on ``count`` random real TRAINING digits against the test reference (the FD floor)."""
+    from pipeline.compartments import digits
+
+    rows = np.random.default_rng(3).permutation(train_rows)[:count]
+    return judge.report(digits.downsample(images[rows], size), reference, range(5))
+
+
+def _downstream(samples: np.ndarray, labels: np.ndarray, test_small: np.ndarray, test_labels: np.ndarray) -> float:
+    """Logistic regression on the samples' pixels with the judge's labels, accuracy on the real test digits."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(np.unique(labels)) < 2:
+        return 0.0
+    clf = LogisticRegression(max_iter=2000, C=0.1).fit(samples.reshape(len(samples), -1) / 255.0, labels)
+    return float(clf.score(test_small.reshape(len(test_small), -1) / 255.0, test_labels))
+
+
+def encoder_main(args) -> int:
+    """The encoder-space benchmark (see ``--encoder`` in the module doc)."""
+    import logging
+    import shutil
+    import tempfile
+
+    from index import load_encoder
+    from pipeline.compartments import ComposedDecoder, digits, forget, train_compartments
+    from pipeline.data import load_mnist_split
+    from pipeline.decoders import TinyDecoder
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order convergence notes
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    split = load_mnist_split()
+    labels = split.private_labels
+    train_rows, test_rows = _enc_split()
+    if args.per_class:
+        train_rows = np.sort(np.concatenate([train_rows[labels[train_rows] == c][:args.per_class] for c in range(10)]))
+    decoder = TinyDecoder.from_pretrained()
+    size = decoder.image_size
+    encoder = load_encoder(num_threads=1)
+    judge = digits.EncoderJudge(encoder, size)
+    condition = digits.public_condition(encoder)
+    test_small = digits.downsample(split.private_images[test_rows], size)
+    reference = judge.embed(test_small)
+    adapter = {"epochs": args.epochs, "batch_size": 64, "physical_batch_size": 64, "lr": args.lr}
+    classifier = {"steps": args.classifier_steps}
+    out_dir = ROOT / "benchmarks" / "results"
+    results = {"settings": {"train_digits": len(train_rows), "test_digits": len(test_rows), "samples": args.samples,
+                            "sample_steps": args.sample_steps, "adapter": adapter, "classifier": classifier,
+                            "condition": "unit mean of the encoder embeddings of the public half, guidance 1",
+                            "judge": "logistic regression on encoder embeddings of the public half (16x16)",
+                            "adapters": "non-private (shards marked public for this measurement)", "seed": 0},
+               "runs": []}
+    results["real_train_floor"] = _enc_floor(judge, split.private_images, train_rows, args.samples, size, reference)
+    results["base_decoder"] = _enc_eval(judge, decoder, condition, args, reference, test_small,
+                                        labels[test_rows], seed=1)
+    _enc_write(out_dir, results, t_start, args.out_name)
+    tmp = Path(tempfile.mkdtemp(prefix="cdm-enc-"))
+    try:
+        configs = [("paragon (one adapter, all shards)", {"all": train_rows}, None)]
+        configs.append(("class split {0-4}|{5-9}", {"s0": train_rows[labels[train_rows] < 5],
+                                                     "s1": train_rows[labels[train_rows] >= 5]}, [0, 1, 2, 3, 4]))
+        rng = np.random.default_rng(0)
+        for n in args.n:
+            part = rng.permutation(len(train_rows)) % n
+            configs.append((f"iid n={n}", {f"s{i}": np.sort(train_rows[part == i]) for i in range(n)}, None))
+        for k, (label, shards, classes_a) in enumerate(configs):
+            root = tmp / f"run{k}"
+            index_dir, _ = _enc_index(root, shards)
+            start = time.perf_counter()
+            trained = train_compartments(index_dir, None, non_private=True, decoder=decoder, adapter=adapter,
+                                         classifier=classifier, _seed=k)
+            run = {"label": label, "n": len(shards), "train_seconds": round(time.perf_counter() - start, 1),
+                   "adapter_seconds": {t["shard"]: t["seconds"] for t in trained["trained"]},
+                   "classifier_seconds": trained["classifier"]["seconds"], "rows": {}}
+            modes = ("naive",) if len(shards) == 1 else ("posterior", "naive")
+            for mode in modes:
+                composed = ComposedDecoder.from_index(index_dir, decoder=decoder, weights=mode)
+                run["rows"][f"CDM {mode}" if len(shards) > 1 else "paragon"] = _enc_eval(
+                    judge, composed, condition, args, reference, test_small, labels[test_rows], seed=1,
+                    classes=classes_a)
+                if mode == "posterior":
+                    run["shard_weights"] = composed.shard_weights
+            if classes_a is not None:
+                for shard, classes in (("s0", classes_a), ("s1", [c for c in range(10) if c not in classes_a])):
+                    only = ComposedDecoder.from_index(index_dir, decoder=decoder, allowed=[shard])
+                    run["rows"][f"access set {{{shard}}}"] = _enc_eval(judge, only, condition, args, reference,
+                                                                       test_small, labels[test_rows], seed=2,
+                                                                       classes=classes)
+            if len(shards) > 1:
+                from index import PrivateIndex
+
+                rid = next(PrivateIndex.open(index_dir).records("s0"))[1]
+                got = forget(index_dir, "s0", None, ids=[rid], decoder=decoder, _seed=k)
+                run["forget_seconds"] = got["seconds"]
+                run["forget_unchanged"] = got["unchanged"]
+                run["forget_speedup"] = round(run["train_seconds"] / got["seconds"], 2)
+            results["runs"].append(run)
+            print(json.dumps(run), file=sys.stderr, flush=True)
+            _enc_write(out_dir, results, t_start, args.out_name)
+            shutil.rmtree(root, ignore_errors=True)
+        if args.dp_epsilon:
+            results["dp_class_split"] = _enc_dp(tmp, args, decoder, judge, condition, reference, test_small,
+                                                labels, train_rows, test_rows, adapter, classifier)
+            _enc_write(out_dir, results, t_start, args.out_name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _enc_dp(tmp, args, decoder, judge, condition, reference, test_small, labels, train_rows, test_rows, adapter,
+            classifier) -> dict:
+    """Class split with DP adapters + DP classifier at epsilon = --dp-epsilon per training (own index ledger)."""
+    from pipeline.compartments import ComposedDecoder, train_compartments
+
+    shards = {"s0": train_rows[labels[train_rows] < 5], "s1": train_rows[labels[train_rows] >= 5]}
+    index_dir, book = _enc_index(tmp / "dp", shards, ledger_epsilon=4 * args.dp_epsilon)
+    start = time.perf_counter()
+    trained = train_compartments(index_dir, book, epsilon=args.dp_epsilon, decoder=decoder, adapter=adapter,
+                                 classifier=classifier, _seed=7)
+    out = {"epsilon_per_training": args.dp_epsilon, "train_seconds": round(time.perf_counter() - start, 1),
+           "info": trained["info"], "rows": {}}
+    for mode in ("posterior", "naive"):
+        composed = ComposedDecoder.from_index(index_dir, decoder=decoder, weights=mode)
+        out["rows"][f"CDM {mode}"] = _enc_eval(judge, composed, condition, args, reference, test_small,
+                                               labels[test_rows], seed=1, classes=[0, 1, 2, 3, 4])
+    for shard, classes in (("s0", [0, 1, 2, 3, 4]), ("s1", [5, 6, 7, 8, 9])):
+        only = ComposedDecoder.from_index(index_dir, decoder=decoder, allowed=[shard])
+        out["rows"][f"access set {{{shard}}}"] = _enc_eval(judge, only, condition, args, reference, test_small,
+                                                           labels[test_rows], seed=2, classes=classes)
+    out["epsilon_spent"] = {n: book.status(n).epsilon_spent for n in shards}
+    print(json.dumps(out, default=str), file=sys.stderr, flush=True)
+    return out
+
+
+def _enc_eval(judge, decoder, condition, args, reference, test_small, test_labels, *, seed: int,
+              classes=None) -> dict:
+    from pipeline.compartments import digits
+
+    start = time.perf_counter()
+    samples = digits.sample_composed(decoder, condition, args.samples, steps=args.sample_steps, seed=seed)
+    row = judge.report(samples, reference, range(5) if classes is None else classes)
+    row["downstream_acc"] = _downstream(samples, judge.labels(samples), test_small, test_labels)
+    row["sample_seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def _enc_write(out_dir: Path, results: dict, t_start: float | None, name: str) -> None:
+    """Write ``name``.json and ``name``.md (``t_start`` None: keep the recorded total time)."""
+    if t_start is not None:
+        results["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2, default=str))
+    s = results["settings"]
+    lines = ["# CDM with adapters of the bundled decoder on the bundled private digits (encoder space)", "",
+             f"{s['train_digits']} private training digits in the shards, {s['test_digits']} held-out test digits; "
+             f"adapters: attention+conditioning, {s['adapters']}, {s['adapter']}; classifier {s['classifier']}; "
+             f"{s['samples']} samples per model, DDIM {s['sample_steps']} steps, condition: {s['condition']}; "
+             f"judge: {s['judge']}; one torch thread on a shared 2-core machine; total "
+             f"{results['total_seconds']:.0f} s.", "",
+             "In-classes = the share of samples the judge puts in {0–4}, or in {5–9} for access set {s1}; "
+             "ambiguous = judged mass on those classes in (0.2, 0.8).", "",
+             "| split | model | encoder-FD ↓ | downstream acc ↑ | in-classes | ambiguous ↓ | low confidence ↓ |",
+             "|---|---|---|---|---|---|---|"]
+
+    def row(split: str, model: str, r: dict) -> str:
+        split = split.replace("|", "\\|")
+        return (f"| {split} | {model} | {r['fd']:.4f} | {r['downstream_acc']:.3f} | {r['in_classes']:.3f} | "
+                f"{r['ambiguous']:.3f} | {r['low_confidence']:.3f} |")
+
+    if "real_train_floor" in results:
+        lines.append(row("—", f"{s['samples']} real training digits (floor)",
+                         dict(results["real_train_floor"], downstream_acc=float("nan"))))
+    lines.append(row("—", "bundled decoder (no adapter)", results["base_decoder"]))
+    for run in results["runs"]:
+        for model, r in run["rows"].items():
+            lines.append(row(run["label"], model, r))
+    if "dp_class_split" in results:
+        dp = results["dp_class_split"]
+        for model, r in dp["rows"].items():
+            lines.append(row(f"class split, DP ε = {dp['epsilon_per_training']:g} per training", model, r))
+    lines += ["", "| split | retrain everything (s) | forget 1 record (s) | speed-up | unchanged adapters |",
+              "|---|---|---|---|---|"]
+    for run in results["runs"]:
+        if "forget_seconds" in run:
+            label = run["label"].replace("|", "\\|")
+            lines.append(f"| {label} | {run['train_seconds']:.1f} | {run['forget_seconds']:.1f} | "
+                         f"{run['forget_speedup']:.2f}× | {len(run['forget_unchanged'])} of {run['n']} |")
+    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Public API::
     ComposedDecoder.from_index(index_dir, *, decoder=None, allowed=None, weights="posterior"|"naive")
         .generate(conditions, ...) -> images ; .shard_weights ; .weight_trajectory
     Compartments(index_dir) (store: .verify(), .info(), .adapter_hashes()), mark_public(index_dir, shard, note=)
+    compartments_lock(index_dir): the writers' exclusive lock; a second writer gets CompartmentsBusy (exit 3)
 """
 
 from pipeline.compartments.compose import (
@@ -34,13 +35,21 @@ from pipeline.compartments.posterior import (
     charge_posterior,
     posterior_event,
 )
-from pipeline.compartments.store import Compartments, CompartmentsDamaged, mark_public
+from pipeline.compartments.store import (
+    Compartments,
+    CompartmentsBusy,
+    CompartmentsDamaged,
+    compartments_lock,
+    mark_public,
+)
 from pipeline.compartments.train import forget, train_compartments
 
 __all__ = [
     "ComposedDecoder",
     "Compartments",
+    "CompartmentsBusy",
     "CompartmentsDamaged",
+    "compartments_lock",
     "forget",
     "mark_public",
     "train_compartments",

@@ -12,35 +12,75 @@ deleted afterwards. A crash leaves the old or the new manifest, each pointing at
 carries a sha256 of its own body, and each adapter/classifier file its sha256: :meth:`Compartments.verify`
 re-hashes them and refuses any damage (before anything is charged or trained).
 
+Writers (``train_compartments``, ``forget``, ``mark_public``) hold ``DIR/compartments/.lock`` (an exclusive
+``fcntl.flock``) from reading the manifest to committing it: across the dry runs, the charges, the training and
+the commit. A second writer is refused at once (:class:`CompartmentsBusy`, exit 3), before it reads, checks,
+charges, removes or trains anything; it never waits. The lock is released when its holder ends (also on a crash).
+Readers (``ComposedDecoder.from_index``) take no lock: they see the old or the new manifest.
+
 ``public``: shards the corpus owner explicitly marked public/consented (:func:`mark_public`); only these may have
 an adapter trained without DP (``--non-private``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
+import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from index.fs import atomic_write_bytes, atomic_write_json, make_private_dir
-from pipeline.errors import PipelineInputError
+from pipeline.errors import PipelineError, PipelineInputError
 
-__all__ = ["COMPARTMENTS_DIR", "Compartments", "CompartmentsDamaged", "mark_public"]
+__all__ = ["COMPARTMENTS_DIR", "Compartments", "CompartmentsBusy", "CompartmentsDamaged", "compartments_lock",
+           "mark_public"]
 
 COMPARTMENTS_DIR = "compartments"
 FORMAT = "dprdm-compartments"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 
 class CompartmentsDamaged(PipelineInputError):
     """A compartments file is missing, changed or unreadable (refused before any charge)."""
 
     exit_code = 3
+
+
+class CompartmentsBusy(PipelineError):
+    """Another process is training or forgetting on the same compartments (refused before anything happens)."""
+
+    exit_code = 3
+
+
+@contextlib.contextmanager
+def compartments_lock(index_dir: str | Path) -> Iterator[None]:
+    """Hold the exclusive compartments writer lock of an index (``DIR/compartments/.lock``) for the block.
+
+    Raises:
+        CompartmentsBusy: another process holds it (nothing was read, charged, removed or trained).
+    """
+    root = Path(index_dir) / COMPARTMENTS_DIR
+    make_private_dir(root)
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise CompartmentsBusy(f"the compartments of index '{index_dir}' are being trained or forgotten by "
+                                   "another process; nothing was charged or removed; wait for it to finish and "
+                                   "retry") from err
+        yield
+    finally:
+        os.close(fd)
 
 
 def _sha(data: bytes) -> str:
@@ -210,13 +250,15 @@ def mark_public(index_dir: str | Path, shard: str, *, note: str) -> Compartments
 
     Raises:
         PipelineInputError: an empty note.
+        CompartmentsBusy: another process is training or forgetting on this index.
     """
     from datetime import datetime, timezone
 
     if not note or not note.strip():
         raise PipelineInputError("marking a shard public needs a note saying who consented or why it is public")
-    store = Compartments(index_dir)
-    store.public[shard] = {"note": note.strip(),
-                           "marked": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
-    store.commit()
+    with compartments_lock(index_dir):
+        store = Compartments(index_dir)
+        store.public[shard] = {"note": note.strip(),
+                               "marked": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
+        store.commit()
     return store

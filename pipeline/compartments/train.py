@@ -13,6 +13,7 @@ the settings recorded at training, leaves every other adapter untouched (hash-ch
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pipeline.compartments.posterior import ShardPosterior, charge_posterior, posterior_event
-from pipeline.compartments.store import Compartments
+from pipeline.compartments.store import Compartments, compartments_lock
 from pipeline.errors import PipelineInputError, PrivacyRefusal
 
 if TYPE_CHECKING:
@@ -56,73 +57,111 @@ def _effective(settings: dict[str, Any], n: int) -> dict[str, Any]:
     return settings
 
 
-def _precheck_forget(index, shard: str, removed: int, ledger, store: Compartments) -> None:
-    """Dry-run the retraining charges after removing ``removed`` records of ``shard`` (refuse before removing).
-
-    Runs in the index's before_commit hook, before the records' tombstones: a refusal removes and charges nothing.
-    Each charge is checked alone against its scope's filter (the adapter's and the classifier's events are
-    charged one after the other; a scope that can afford each but not both is refused at the second charge).
-
-    Raises:
-        accountant.BudgetExceeded: a retraining charge would not fit.
-    """
-    from accountant.errors import BudgetExceeded
+def _adapter_event(ledger, shard: str, settings: dict[str, Any], epsilon: float, n: int):
+    """The event ``finetune`` will charge to ``shard``'s scope for an adapter trained on ``n`` records."""
     from pipeline.finetune import calibrate_training_noise, training_event
 
-    counts = {n: int(index.shard(n).num_records) for n in store.shards}
-    counts[shard] -= removed
-    entry = store.shards[shard]
-    if not entry.get("non_private") and counts[shard] > 0:
-        st = _effective(dict(entry["settings"]), counts[shard])
-        q = st["batch_size"] / counts[shard]
-        steps = int(st["steps"]) if st.get("steps") else max(1, int(st["epochs"]) * (counts[shard] // st["batch_size"]))
-        delta = ledger.status(shard).delta
-        z = calibrate_training_noise(sample_rate=q, steps=steps, epsilon=entry["epsilon_requested"], delta=delta)
-        event = training_event(sample_rate=q, noise_multiplier=z, steps=steps)
-        if not ledger.fits(shard, event=event, records={shard: counts[shard]}):
-            raise BudgetExceeded(f"scope '{shard}' cannot afford retraining its compartment; nothing was removed or "
-                                 "charged; raise the scope's budget or forget with a smaller --epsilon retraining")
-    clf = store.classifier or {}
-    dp_scopes = {n: counts[n] for n in store.shards if n not in store.public}
-    if clf.get("dp") and dp_scopes:
-        st = dict(clf["settings"])
-        total = sum(counts.values())
-        q = min(int(st["batch_size"]), total) / total
-        delta = min(ledger.status(n).delta for n in dp_scopes)
-        z = calibrate_training_noise(sample_rate=q, steps=int(st["steps"]), epsilon=clf["epsilon_requested"],
-                                     delta=delta)
-        event = posterior_event(sample_rate=q, noise_multiplier=z, steps=int(st["steps"]))
-        if not ledger.fits(sorted(dp_scopes), event=event, records=dp_scopes):
-            raise BudgetExceeded("a DP scope cannot afford retraining the shard classifier; nothing was removed or "
-                                 "charged")
+    st = _effective(dict(settings), n)
+    q = st["batch_size"] / n
+    steps = int(st["steps"]) if st.get("steps") else max(1, int(st["epochs"]) * (n // st["batch_size"]))
+    z = calibrate_training_noise(sample_rate=q, steps=steps, epsilon=epsilon, delta=ledger.status(shard).delta)
+    return training_event(sample_rate=q, noise_multiplier=z, steps=steps)
 
 
-def _precheck_classifier(index, names: list[str], store: Compartments, ledger, settings: dict[str, Any],
-                         epsilon: float | None) -> None:
-    """Before any adapter is trained: the classifier's epsilon is given and its charge fits every DP scope now.
-
-    Raises:
-        PipelineInputError: DP shards take part but no epsilon was given.
-        accountant.BudgetExceeded: the classifier's event does not fit a DP scope (nothing charged or trained).
-    """
-    from accountant.errors import BudgetExceeded
+def _classifier_event(ledger, counts: dict[str, int], dp_scopes: list[str], settings: dict[str, Any],
+                      epsilon: float):
+    """The event :func:`_train_classifier` will charge to every DP scope (pooled records ``counts``)."""
     from pipeline.finetune import calibrate_training_noise
 
-    counts = {n: int(index.shard(n).num_records) for n in names}
-    dp_scopes = {n: counts[n] for n in names if n not in store.public}
-    if not dp_scopes:
-        return
-    if epsilon is None:
-        raise PipelineInputError(f"the shard classifier covers DP shard(s) {', '.join(sorted(dp_scopes))}: pass "
-                                 "--epsilon (it is trained with DP-SGD and charged to their scopes)")
     total = sum(counts.values())
     q = min(int(settings["batch_size"]), total) / total
     delta = min(ledger.status(n).delta for n in dp_scopes)
     z = calibrate_training_noise(sample_rate=q, steps=int(settings["steps"]), epsilon=epsilon, delta=delta)
-    event = posterior_event(sample_rate=q, noise_multiplier=z, steps=int(settings["steps"]))
-    if not ledger.fits(sorted(dp_scopes), event=event, records=dp_scopes):
-        raise BudgetExceeded("the shard classifier's training does not fit the remaining budget of every DP scope of "
-                             f"{', '.join(sorted(dp_scopes))}; nothing was charged or trained")
+    return posterior_event(sample_rate=q, noise_multiplier=z, steps=int(settings["steps"]))
+
+
+def _at_filter_order(events: Sequence[Any], order: float):
+    """One chargeable event whose RDP at ``order`` is (just above) the SUM of ``events``' RDP there.
+
+    The ledger's filter is fixed-order (Feldman & Zrnic 2021, Thm 3.1): a scope admits a charge iff its running RDP
+    at its filter order alpha* plus the event's RDP at alpha* converts to an epsilon within budget. Composition adds
+    RDP, so the composition of ``events`` fits iff ``GaussianDpEvent(z)`` with alpha* / (2 z^2) = sum fits: the
+    ledger's own ``fits`` then decides (the dp-accounting ``ComposedDpEvent`` is not a chargeable event). The sum is
+    rounded up by 1e-9 relative, so the dry run can only be stricter than the charges.
+    """
+    import dp_accounting as dpa
+
+    from accountant import event_rdp
+
+    total = sum(float(event_rdp(e, (float(order),))[0]) for e in events) * (1 + 1e-9) + 1e-12
+    return dpa.GaussianDpEvent(math.sqrt(float(order) / (2.0 * total)))
+
+
+def _dry_run(ledger, plan: dict[str, list[Any]], records: dict[str, int], *, refused: str) -> None:
+    """Would every scope of ``plan`` afford ALL its events together right now (the ledger's own ``fits``)?
+
+    Raises:
+        accountant.BudgetExceeded: some scope would not (nothing was charged; ``refused`` says what else not).
+    """
+    from accountant.errors import BudgetExceeded
+
+    for scope, events in sorted(plan.items()):
+        if not events:
+            continue
+        event = events[0] if len(events) == 1 else _at_filter_order(events, ledger.status(scope).filter_order)
+        if not ledger.fits(scope, event=event, records={scope: records[scope]}):
+            what = ("its adapter's and the shard classifier's trainings together" if len(events) > 1
+                    else "this training")
+            raise BudgetExceeded(f"scope '{scope}' cannot afford {what}; {refused}; raise the scope's budget or "
+                                 "train with a smaller --epsilon")
+
+
+def _precheck(ledger, store: Compartments, counts: dict[str, int], adapters: dict[str, tuple[dict[str, Any], float]],
+              classifier: tuple[dict[str, Any], float | None] | None, *, refused: str) -> None:
+    """Dry-run ALL the charges of one train/forget before anything is charged, trained or removed.
+
+    Each DP scope's events are composed and checked against its filter together (:func:`_dry_run`): the new
+    adapter of its shard if ``adapters`` names it (shard -> (settings, epsilon), trained on ``counts[shard]``
+    records) plus, when ``classifier`` = (settings, epsilon) is given, the shard classifier's one event (pooled over
+    ``counts``, charged to every DP scope of ``counts``).
+
+    Raises:
+        PipelineInputError: DP shards take part but the classifier has no epsilon.
+        accountant.BudgetExceeded: some scope cannot afford its events together.
+    """
+    dp_scopes = sorted(n for n in counts if n not in store.public)
+    plan: dict[str, list[Any]] = {n: [] for n in dp_scopes}
+    for shard, (settings, epsilon) in adapters.items():
+        if shard in plan and counts[shard] > 0:
+            plan[shard].append(_adapter_event(ledger, shard, settings, epsilon, counts[shard]))
+    if classifier is not None and dp_scopes:
+        settings, epsilon = classifier
+        if epsilon is None:
+            raise PipelineInputError(f"the shard classifier covers DP shard(s) {', '.join(dp_scopes)}: pass "
+                                     "--epsilon (it is trained with DP-SGD and charged to their scopes)")
+        event = _classifier_event(ledger, counts, dp_scopes, settings, epsilon)
+        for n in dp_scopes:
+            plan[n].append(event)
+    _dry_run(ledger, plan, counts, refused=refused)
+
+
+def _precheck_forget(index, shard: str, removed: int, ledger, store: Compartments) -> None:
+    """Dry-run the retraining charges after removing ``removed`` records of ``shard`` (refuse before removing).
+
+    Runs in the index's before_commit hook, before the records' tombstones: a refusal removes and charges nothing.
+    The shard's scope must afford its adapter's AND the classifier's retraining together; every other DP scope the
+    classifier's.
+
+    Raises:
+        accountant.BudgetExceeded: the retraining charges would not fit.
+    """
+    counts = {n: int(index.shard(n).num_records) for n in store.shards}
+    counts[shard] -= removed
+    entry = store.shards[shard]
+    adapters = {} if entry.get("non_private") else {shard: (entry["settings"], entry["epsilon_requested"])}
+    clf = store.classifier or {}
+    classifier = (dict(clf["settings"]), clf["epsilon_requested"]) if clf.get("dp") else None
+    _precheck(ledger, store, counts, adapters, classifier, refused="nothing was removed or charged")
 
 
 def _train_adapter(index, shard: str, ledger, store: Compartments, decoder, *, epsilon, non_private: bool,
@@ -232,11 +271,20 @@ def train_compartments(
 
     Raises:
         CompartmentsDamaged: the store is damaged (nothing charged).
+        CompartmentsBusy: another process is training or forgetting on this index (exit 3, nothing done).
         PrivacyRefusal: ``--non-private`` on a shard not marked public/consented (exit 3).
     """
+    index = _open(index)
+    with compartments_lock(index.path):  # held from reading the manifest to committing it
+        return _train_locked(index, ledger, shards=shards, epsilon=epsilon, non_private=non_private,
+                             classifier_epsilon=classifier_epsilon, decoder=decoder, adapter=adapter,
+                             classifier=classifier, _seed=_seed)
+
+
+def _train_locked(index: PrivateIndex, ledger: Ledger | None, *, shards, epsilon, non_private, classifier_epsilon,
+                  decoder, adapter, classifier, _seed) -> dict[str, Any]:
     from pipeline.finetune.adapter import decoder_sha256
 
-    index = _open(index)
     store = Compartments(index.path).verify()
     names = list(shards) if shards else index.shard_names
     unknown = sorted(set(names) - set(index.shard_names))
@@ -268,7 +316,9 @@ def train_compartments(
     adapter_settings = dict(ADAPTER_DEFAULTS, **(adapter or {}))
     clf_settings = dict(CLASSIFIER_DEFAULTS, **(classifier or {}))
     clf_epsilon = classifier_epsilon if classifier_epsilon is not None else epsilon
-    _precheck_classifier(index, sorted(set(store.shards) | set(names)), store, ledger, clf_settings, clf_epsilon)
+    counts = {n: int(index.shard(n).num_records) for n in sorted(set(store.shards) | set(names))}
+    _precheck(ledger, store, counts, {} if non_private else {n: (adapter_settings, epsilon) for n in names},
+              (clf_settings, clf_epsilon), refused="nothing was charged or trained")
     store.body["base_decoder"] = base
     trained = [_train_adapter(index, n, ledger, store, decoder, epsilon=epsilon, non_private=non_private,
                               settings=adapter_settings, _seed=_seed) for n in names]
@@ -289,12 +339,20 @@ def forget(
 
     Raises:
         CompartmentsDamaged: the store is damaged (nothing removed or charged).
+        CompartmentsBusy: another process is training or forgetting on this index (exit 3, nothing done).
         PipelineInputError: no compartment for ``shard``; the selectors matched records of other shards too.
     """
-    from pipeline.ledgers import membership_hook
-
     start = time.perf_counter()
     index = _open(index)
+    with compartments_lock(index.path):  # held across the dry run, the removal, the charges and the commit
+        return _forget_locked(index, shard, ledger, ids=ids, sources=sources, decoder=decoder, _seed=_seed,
+                              start=start)
+
+
+def _forget_locked(index: PrivateIndex, shard: str, ledger: Ledger | None, *, ids, sources, decoder, _seed,
+                   start: float) -> dict[str, Any]:
+    from pipeline.ledgers import membership_hook
+
     store = Compartments(index.path).verify()
     if shard not in store.shards:
         raise PipelineInputError(f"shard '{shard}' has no compartment; nothing to forget there")

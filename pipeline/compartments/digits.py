@@ -1,0 +1,125 @@
+"""CDM on the bundled digits, judged in the bundled encoder's embedding space (slow test and benchmark helpers).
+
+The shards are bundled PRIVATE MNIST digits (``pipeline.data.load_mnist_split``), written as PNG folders and
+indexed; the compartments are ``attention+conditioning`` adapters of the bundled tiny decoder (16×16, trained on
+public MNIST) trained through :func:`pipeline.compartments.train_compartments`. Samples are drawn with one public
+condition (:func:`public_condition`: the unit mean of the encoder's embeddings of the PUBLIC half, guidance 1) and
+judged by :class:`EncoderJudge`, a logistic regression on the encoder's embeddings of the PUBLIC half at the
+decoder's resolution (the judge never trains on private digits: only the evaluation references are private).
+
+Metrics (:meth:`EncoderJudge.report`): ``fd`` (Fréchet distance between encoder embeddings of the samples and of
+the reference digits), ``in_classes`` (share of samples the judge labels with one of ``classes``), ``ambiguous``
+(share whose judged probability mass on ``classes`` is in (0.2, 0.8): hybrids between the two halves),
+``low_confidence`` (max probability < 0.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["EncoderJudge", "downsample", "frechet", "public_condition", "sample_composed", "write_digit_shards"]
+
+
+def downsample(images: np.ndarray, size: int) -> np.ndarray:
+    """(n, 28, 28) uint8 -> (n, size, size) uint8 (antialiased bilinear, the decoder's training resize)."""
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(images.astype(np.float32))[:, None]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to the rows of ``a`` and ``b``."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(covmean)))
+
+
+class EncoderJudge:
+    """Encoder-space judge: embeds 16×16 digits with the index encoder; a logistic regression on PUBLIC digits.
+
+    Args:
+        encoder: the bundled encoder (``index.load_encoder()``).
+        size: the decoder's image side.
+    """
+
+    def __init__(self, encoder, size: int) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        from pipeline.data import load_mnist_split
+
+        self.encoder, self.size = encoder, size
+        split = load_mnist_split()
+        self.clf = LogisticRegression(max_iter=3000, C=10.0).fit(
+            self.embed(downsample(split.public_images, size)), split.public_labels)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """(n, s, s) uint8 -> (n, d) unit encoder rows."""
+        from PIL import Image
+
+        return self.encoder.encode_images([Image.fromarray(np.ascontiguousarray(im), mode="L") for im in images])
+
+    def report(self, samples: np.ndarray, reference: np.ndarray | None = None,
+               classes: Iterable[int] = range(5)) -> dict[str, float]:
+        """Judge (n, s, s) uint8 ``samples`` (``reference``: encoder rows of the real digits, for ``fd``)."""
+        emb = self.embed(samples)
+        p = self.clf.predict_proba(emb)
+        mass = p[:, list(classes)].sum(1)
+        out = {"in_classes": float(np.isin(p.argmax(1), list(classes)).mean()),
+               "ambiguous": float(((mass > 0.2) & (mass < 0.8)).mean()),
+               "low_confidence": float((p.max(1) < 0.5).mean())}
+        if reference is not None:
+            out["fd"] = frechet(emb, reference)
+        return out
+
+    def labels(self, samples: np.ndarray) -> np.ndarray:
+        """The judge's class of each sample (for classifier-labelled downstream training)."""
+        return self.clf.predict(self.embed(samples))
+
+
+def public_condition(encoder) -> torch.Tensor:
+    """(1, d) the unit mean of the encoder's embeddings of the PUBLIC half: a generic "a digit" condition."""
+    from PIL import Image
+
+    from pipeline.data import load_mnist_split
+
+    split = load_mnist_split()
+    rows = encoder.encode_images([Image.fromarray(im, mode="L") for im in split.public_images])
+    mean = rows.mean(0)
+    return torch.as_tensor(mean / np.linalg.norm(mean), dtype=torch.float32)[None]
+
+
+def write_digit_shards(folder: Path, shard_of_row: dict[str, Sequence[int]]) -> dict[str, Path]:
+    """Write the private digits of the given rows as PNG folders ``folder/<shard>/<label>/<row>.png``."""
+    from pipeline.data import load_mnist_split, to_pil
+
+    split = load_mnist_split()
+    out = {}
+    for shard, rows in shard_of_row.items():
+        for row in rows:
+            target = folder / shard / str(int(split.private_labels[row]))
+            target.mkdir(parents=True, exist_ok=True)
+            to_pil(split.private_images[row]).save(target / f"{int(row):04d}.png")
+        out[shard] = folder / shard
+    return out
+
+
+def sample_composed(decoder, condition: torch.Tensor, count: int, *, steps: int = 20, seed: int = 0,
+                    batch: int = 250) -> np.ndarray:
+    """(count, s, s) uint8 samples of a (composed) decoder at ``condition`` with guidance 1 (seeded)."""
+    out = []
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, count, batch):
+        n = min(batch, count - start)
+        images = decoder.generate(condition, num_images_per_condition=n, steps=steps, guidance_scale=1.0,
+                                  generator=gen)
+        out += [np.asarray(im) for im in images]
+    return np.stack(out)
