@@ -843,8 +843,8 @@ def routes_markdown(bench: Bench, rows: list[dict], reach: list[dict], settings:
               "noise come from the OS CSPRNG, so two runs differ within the spread of these small samples.", ""]
     if reach:
         lines += [reach_markdown(reach), ""]
-    included = "".join(f" + {part['seconds']:.0f} s for route(s) {', '.join(map(str, part['routes']))} run in "
-                       "parallel" for part in settings.get("included", []) if part["routes"])  # fmt: skip
+    included = "".join(f" + {part['seconds']:.0f} s in the run of route(s) {', '.join(map(str, part['routes']))}"
+                       for part in settings.get("included", []) if part["routes"])  # fmt: skip
     lines += [f"Index build of the private set (`dprdm index build`): {bench.build_seconds:.1f} s. "
               f"Total run time {settings['seconds']:.0f} s{included}, one thread per process."]
     if settings.get("failures"):
@@ -882,7 +882,7 @@ def plot(rows: list[dict], path: Path, epsilons: list[float]) -> None:
     figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     for axis, (key, title) in zip(axes[0], panels, strict=True):
         for r in (r for r in rows if r["route"] in (1, 2) and r["lambda"] in (0.0, COMBO_LAMBDA)):
-            axis.axhline(r[key], linestyle="--", color="grey" if r["route"] == 1 else "tab:green", linewidth=1,
+            axis.axhline(r[key], linestyle="--", color="grey" if r["route"] == 1 else "tab:brown", linewidth=1,
                          label=f"{r['route']}. {ROUTE_NAMES[r['route']]}" + (f" λ={r['lambda']:g}" if r["route"] == 2 else ""))
         for r in paragon:
             axis.axhline(r[key], linestyle=":", color="black", linewidth=1, label=f"7. {ROUTE_NAMES[7]} (ε = ∞)")
@@ -984,6 +984,9 @@ def main(argv: list[str] | None = None) -> int:
                     "ft_epochs": ft_epochs, "ft_batch": bench.ft_batch, "ft_steps": bench.ft_steps,
                     "ft_sample_rate": bench.ft_q, "classifier_steps": bench.classifier_steps,
                     "limit": args.limit, "routes": sorted(routes), "included": []}
+        if not args.quick and (repeats, [tuple(p) for p in sweep]) != (REPEATS, list(SWEEP)):
+            settings["scale_note"] = (f" (reduced: {repeats} generations per prompt instead of {REPEATS}, route 3 "
+                                      f"sweep {', '.join(f'({k}, {q:g})' for k, q in sweep)})")
         for path in args.include:
             other = _unplain(json.loads(path.read_text()))
             for key in ("repeats", "limit"):
@@ -993,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(other["rows"])
             reach = reach or other.get("reach") or []
             failures.extend(other["settings"].get("failures", []))
-            settings["included"].append({"file": str(path), "routes": other["settings"]["routes"],
+            settings["included"].append({"file": str(path), "routes": sorted({r["route"] for r in other["rows"]}),
                                          "seconds": other["settings"]["seconds"]})
 
         def write() -> None:
