@@ -47,7 +47,7 @@ so resolution cannot give a generation away); their accuracy on held-out real im
 embeddings, text→image P@10 ("a handwritten digit N"), and a public-vs-domain classifier, for unframed UCI,
 framed UCI, thick MNIST and the MNIST private half.
 
-Run: ``nice -n 10 python benchmarks/bench_routes.py --quick`` (a few minutes on one thread);
+Run: ``nice -n 10 python benchmarks/bench_routes.py --quick`` (about 5 min of CPU on one thread, every route);
 ``--out DIR`` (default ``benchmarks/results``) receives ``routes.md``, ``routes.json`` and ``routes.png``.
 """
 
