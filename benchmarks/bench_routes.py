@@ -679,8 +679,13 @@ class Bench:
         composed with posterior weights w(x_t, t) from a ``ShardPosterior`` trained by DP-SGD on the pooled public +
         private images. One scope of budget ε: the adapter gets half of the RDP at α*, the classifier the rest,
         each charged before its first step (``dprdm finetune``; ``charge_posterior``)."""
-        from pipeline.compartments import ComposedDecoder, ShardPosterior, charge_posterior, posterior_event
-        from pipeline.compartments.train import _alphas  # the decoder's training schedule
+        from pipeline.compartments import (
+            ComposedDecoder,
+            ShardPosterior,
+            charge_posterior,
+            decoder_alphas_cumprod,
+            posterior_event,
+        )
 
         index_dir = self.open_dir
         if math.isinf(epsilon):
@@ -710,7 +715,7 @@ class Bench:
             charge_posterior(ledger, {SHARD: shard_records}, event, caller="bench_routes route 6")  # before training
             ledger.close()
         started = time.perf_counter()
-        posterior.fit(data, labels, _alphas(self.decoder), noise_multiplier=z_classifier, max_grad_norm=CLASSIFIER_CLIP,
+        posterior.fit(data, labels, decoder_alphas_cumprod(self.decoder), noise_multiplier=z_classifier, max_grad_norm=CLASSIFIER_CLIP,
                       batch_size=batch, steps=self.classifier_steps, lr=CLASSIFIER_LR)
         classifier_seconds = time.perf_counter() - started
         composed = ComposedDecoder(self.decoder, {PUBLIC_COMPARTMENT: self.decoder, "private": adapted}, sizes,

@@ -42,7 +42,7 @@ from pipeline.compartments.store import (
     compartments_lock,
     mark_public,
 )
-from pipeline.compartments.train import forget, train_compartments
+from pipeline.compartments.train import decoder_alphas_cumprod, forget, train_compartments
 
 __all__ = [
     "ComposedDecoder",
@@ -62,6 +62,7 @@ __all__ = [
     "compose_eps",
     "ddpm_sample",
     "guide",
+    "decoder_alphas_cumprod",
     "linear_alphas_cumprod",
     "naive_weights",
     "restrict_weights",

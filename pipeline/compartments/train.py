@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from accountant import Ledger
     from index import PrivateIndex
 
-__all__ = ["ADAPTER_DEFAULTS", "CLASSIFIER_DEFAULTS", "forget", "train_compartments"]
+__all__ = ["ADAPTER_DEFAULTS", "CLASSIFIER_DEFAULTS", "decoder_alphas_cumprod", "forget", "train_compartments"]
 
 #: adapter kind and settings (attention+conditioning: DP-LDM's choice, the finetune path's; see the README text)
 ADAPTER_DEFAULTS: dict[str, Any] = {"trainable": "attention+conditioning", "max_grad_norm": 1e-2, "lr": 1e-3,
@@ -43,7 +43,8 @@ def _open(index) -> PrivateIndex:
     return index if isinstance(index, PrivateIndex) else PrivateIndex.open(index)
 
 
-def _alphas(decoder) -> torch.Tensor:
+def decoder_alphas_cumprod(decoder) -> torch.Tensor:
+    """The decoder's training noise schedule (ᾱ_t, float32): the forward process a ``ShardPosterior`` must use."""
     from pipeline.finetune.trainer import _training_scheduler
 
     return _training_scheduler(decoder).alphas_cumprod.to(torch.float32)
@@ -238,7 +239,7 @@ def _train_classifier(index, ledger, store: Compartments, decoder, *, epsilon: f
         dp = {"epsilon": training_epsilon(event, delta), "delta": delta, "noise_multiplier": z, "sample_rate": q,
               "steps": steps, "scopes": sorted(dp_scopes), "receipt": receipt.to_dict()}
     start = time.perf_counter()
-    post.fit(x, y, _alphas(decoder), noise_multiplier=z, max_grad_norm=float(settings["max_grad_norm"]),
+    post.fit(x, y, decoder_alphas_cumprod(decoder), noise_multiplier=z, max_grad_norm=float(settings["max_grad_norm"]),
              batch_size=batch, steps=steps, lr=float(settings["lr"]), _seed=_seed)
     seconds = time.perf_counter() - start
     blob, config = post.to_bytes()
