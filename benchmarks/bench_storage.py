@@ -172,8 +172,8 @@ def main() -> None:
     lines = [
         "# Bytes per query: compressed storage and threaded scoring (issue 14)",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, **loaded** (shared with 4 other jobs; load average "
-        f"{load_start:.1f} at the start and {load[0]:.1f} at the end of the run), Python {platform.python_version()}, numpy {np.__version__}. "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {'**loaded**' if max(load_start, load[0]) > 1.5 else 'mostly idle'} "
+        f"(load average {load_start:.1f} at the start and {load[0]:.1f} at the end of the run), Python {platform.python_version()}, numpy {np.__version__}. "
         f"One run ({seconds:.0f} s): `OMP_NUM_THREADS=1 python benchmarks/bench_storage.py`.",
         "",
         f"N = {N:,} synthetic clustered unit rows, d = {D}, k = {K} (data and method: the module docstring). "
