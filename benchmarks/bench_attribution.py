@@ -53,17 +53,17 @@ from pipeline.attribution import (  # noqa: E402
     finetune,
     make_retrain,
 )
-from pipeline.attribution.retrain import ddpm_scheduler, small_unet  # noqa: E402
+from pipeline.attribution.retrain import ddpm_scheduler, fixed_schedule, small_unet  # noqa: E402
 
 QUICK = {"n_train": 200, "n_val": 16, "n_gen": 16, "backbone_steps": 600, "steps": 150, "batch_size": 32,
          "lr": 5e-4, "subsets": 16, "seeds": 2, "projection_dim": 1024, "gt_timesteps": 50,
-         "gt_noise_seeds": [0, 1], "n_counterfactual": 2}
+         "gt_noise_seeds": [0, 1], "n_counterfactual": 2, "cf_methods": list(METHODS)}
 FULL = {"n_train": 500, "n_val": 64, "n_gen": 64, "backbone_steps": 1500, "steps": 300, "batch_size": 32,
         "lr": 5e-4, "subsets": 64, "seeds": 2, "projection_dim": 2048, "gt_timesteps": 100,
-        "gt_noise_seeds": [0, 1, 2], "n_counterfactual": 8}
+        "gt_noise_seeds": [0, 1, 2], "n_counterfactual": 8, "cf_methods": list(METHODS)}
 SMOKE = {"n_train": 20, "n_val": 4, "n_gen": 4, "backbone_steps": 20, "steps": 10, "batch_size": 8, "lr": 5e-4,
          "subsets": 4, "seeds": 1, "projection_dim": 64, "gt_timesteps": 5, "gt_noise_seeds": [0],
-         "n_counterfactual": 1}  # a wiring check (seconds), not a measurement
+         "n_counterfactual": 1, "cf_methods": list(METHODS)}  # a wiring check (seconds), not a measurement
 IMAGE_SIZE = 16
 
 
@@ -110,6 +110,17 @@ def _backbone(work: Path, public: RecordSet, cfg: dict) -> AttributionModel:
     return model
 
 
+def _flag(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+def _csv_of(kind):
+    def parse(text: str) -> list:
+        return [kind(v) for v in text.split(",") if v]
+
+    return parse
+
+
 def _rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)))
 
@@ -151,12 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "attribution.md")
     parser.add_argument("--smoke", action="store_true", help="wiring check in seconds (numbers meaningless)")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the results JSON")
+    for key, default in FULL.items():  # every setting can be overridden, e.g. --steps 100 --n-val 24
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None,
+                            type=_csv_of(type(default[0])) if isinstance(default, list) else type(default),
+                            help=f"override the setting's {key} (full: {default})")
     args = parser.parse_args(argv)
     if args.replot:
         print(plot_lds(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".png")))
         return 0
     torch.set_num_threads(1)
-    cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
+    cfg = dict(SMOKE if args.smoke else QUICK if args.quick else FULL)
+    overrides = {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
+    cfg.update(overrides)
     args.work.mkdir(mode=0o700, parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
@@ -189,8 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     backbone = _backbone(args.work, public, cfg)
     say("backbone ready")
     recipe = {"steps": cfg["steps"], "batch_size": cfg["batch_size"], "lr": cfg["lr"]}
+
+    def schedule(seed: int):
+        return fixed_schedule(train.ids, steps=cfg["steps"], batch_size=cfg["batch_size"], seed=seed,
+                              image_shape=tuple(train.images.shape[1:]), num_train_timesteps=backbone.num_train_timesteps)
+
+    # the full model is trained with a fixed schedule (same draws' distribution as the random recipe of the LDS
+    # retrains), so the counterfactual can retrain it on D∖R with the very same minibatches minus R
     t_full = time.perf_counter()
-    full = finetune(backbone, train, seed=0, **recipe)
+    full = finetune(backbone, train, lr=cfg["lr"], schedule=schedule(0))
     retrain_seconds = time.perf_counter() - t_full
     gen_conds = val.conditions[: cfg["n_gen"]]
     gen_images = _generate(full, gen_conds, seed=1234)
@@ -206,54 +230,76 @@ def main(argv: list[str] | None = None) -> int:
     say("LDS done")
     print(report.to_markdown(), flush=True)
 
-    # 4. counterfactual: remove the top-10 of each method vs 10 random records, regenerate with the same noise
-    floor_model = finetune(backbone, train, seed=1, **recipe)
-    cf: dict[str, list[float]] = {m: [] for m in (*METHODS, "random", "seed floor")}
+    # 4. the results, written as soon as LDS is done (a safety copy) and again after the counterfactual
+    def write(cf: dict[str, list[float]]) -> None:
+        """Write the .json/.md/.png (called after LDS with no counterfactual yet, then at the end)."""
+        meta = {"setting": "smoke" if args.smoke else "quick" if args.quick else "full", **cfg, "image_size": IMAGE_SIZE,
+                "parameters": full.num_parameters, "retrain_seconds_each": round(retrain_seconds, 1),
+                "total_minutes": round((time.perf_counter() - t0) / 60, 1), "torch": torch.__version__,
+                "overrides": overrides, "full_model": "fixed schedule seed 0 (counterfactual baseline)",
+                "counterfactual_schedule": "fixed (D∖R reuses the full model's minibatches, t and noise minus R's slots)",
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), 1 torch thread, nice 10"}
+        doc = {"meta": meta, "lds": report.to_dict(),
+               "counterfactual_rms": {k: [round(v, 4) for v in vs] for k, vs in cf.items()}}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+        lines = [f"# Attribution benchmark ({meta['setting']})", "",
+                 "Generated by `benchmarks/bench_attribution.py" + (" --quick" if args.quick else "")
+                 + "".join(f" --{k.replace('_', '-')} {_flag(v)}" for k, v in overrides.items()) + "`.", "",
+                 "```", json.dumps(meta, indent=1), "```", "",
+                 "## LDS (best-λ / held-out-λ)", "", report.to_markdown(), "",
+                 "## Time", "", "| method | K | s per training record | s per query |", "|---|---|---|---|"]
+        for r in report.rows:
+            if r.queries == "val" and not r.method.endswith("-squared"):
+                lines.append(f"| {r.method} | {r.timesteps} | {r.seconds_per_record:.3f} | {r.seconds_per_query:.3f} |")
+        lines += ["", f"Retraining: {report.retrain_seconds / 60:.1f} min for {cfg['subsets']} × {cfg['seeds']} models "
+                  "(incl. ground-truth losses).", "",
+                  "## Counterfactual, fixed schedule (RMS pixel change of the regenerated image, 0–1 scale)", "",
+                  "D∖R is retrained with the full model's own minibatches, timesteps and noise minus R's slots; the "
+                  "regenerated image uses the same sampling seed. `> random` = generations where removing the method's "
+                  "top-10 changed the image more than removing 10 random records.", "",
+                  "| removed | mean | median | > random | per generation |", "|---|---|---|---|---|"]
+        for k, vs in cf.items():
+            wins = "" if k in ("random", "seed floor") else \
+                f"{sum(a > b for a, b in zip(vs, cf['random'], strict=True))}/{len(vs)}"
+            lines.append(f"| {k} | {np.mean(vs):.4f} | {np.median(vs):.4f} | {wins} | "
+                         f"{', '.join(f'{v:.4f}' for v in vs)} |")
+        args.out.write_text("\n".join(lines) + "\n")
+        plot_lds(doc, args.out.with_suffix(".png"))
+        say(f"wrote {args.out}")
+
+    write({})
+
+    # 5. counterfactual (fixed schedule): retrain on D∖R with the full model's own minibatches/noise/t minus R's
+    # slots, regenerate with the same sampling seed; R = each method's top-10 (held-out λ, K = 100) or 10 random
+    # records; floor = the full set with another schedule seed (how much the image moves under training noise)
+    floor_model = finetune(backbone, train, lr=cfg["lr"], schedule=schedule(1))
+    cf_methods = list(cfg["cf_methods"])
+    cf: dict[str, list[float]] = {m: [] for m in (*cf_methods, "random", "seed floor")}
     cf_rng = np.random.default_rng(7)
+    feats = {m: featurize(full, train, method=m, timesteps=100, projection_dim=cfg["projection_dim"], cache=cache)
+             for m in cf_methods}
     for g in range(cfg["n_counterfactual"]):
-        query = gen.subset([g])
         cond = gen_conds[g:g + 1]
-        original = gen_images[g:g + 1]
+        original = _generate(full, cond, seed=1234)  # generated alone: a batch of 1 draws the same latents below
+        query = RecordSet.from_arrays(original, cond, ids=np.array([2 * 10**6 + g]))
         cf["seed floor"].append(_rms(_generate(floor_model, cond, seed=1234), original))
         removals = {"random": cf_rng.choice(len(train), 10, replace=False)}
-        for m in METHODS:
-            feats = featurize(full, train, method=m, timesteps=100, projection_dim=cfg["projection_dim"],
-                              cache=cache)
+        for m in cf_methods:
             lam = report.get(m, 100, "gen").lambda_heldout
-            res = attribute(full, query, train, method=m, lambda_=lam, top=10, train_features=feats)
+            res = attribute(full, query, train, method=m, lambda_=lam, top=10, train_features=feats[m])
             removals[m] = np.array([r.position for r in res.top[0]])
+        done: dict[tuple, float] = {}
         for name, pos in removals.items():
-            keep = np.setdiff1d(np.arange(len(train)), pos)
-            model = finetune(backbone, train.subset(keep), seed=0, **recipe)
-            cf[name].append(_rms(_generate(model, cond, seed=1234), original))
+            key = tuple(sorted(int(p) for p in pos))
+            if key not in done:  # squared and unsquared top-10 can coincide: retrain once
+                keep = np.setdiff1d(np.arange(len(train)), pos)
+                model = finetune(backbone, train.subset(keep), lr=cfg["lr"], schedule=schedule(0))
+                done[key] = _rms(_generate(model, cond, seed=1234), original)
+            cf[name].append(done[key])
         say(f"counterfactual {g + 1}/{cfg['n_counterfactual']}")
 
-    # 5. write the results
-    meta = {"setting": "smoke" if args.smoke else "quick" if args.quick else "full", **cfg, "image_size": IMAGE_SIZE,
-            "parameters": full.num_parameters, "retrain_seconds_each": round(retrain_seconds, 1),
-            "total_minutes": round((time.perf_counter() - t0) / 60, 1), "torch": torch.__version__,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), 1 torch thread, nice 10"}
-    doc = {"meta": meta, "lds": report.to_dict(),
-           "counterfactual_rms": {k: [round(v, 4) for v in vs] for k, vs in cf.items()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = [f"# Attribution benchmark ({meta['setting']})", "",
-             "Generated by `benchmarks/bench_attribution.py" + (" --quick" if args.quick else "") + "`.", "",
-             "```", json.dumps(meta, indent=1), "```", "",
-             "## LDS (best-λ / held-out-λ)", "", report.to_markdown(), "",
-             "## Time", "", "| method | K | s per training record | s per query |", "|---|---|---|---|"]
-    for r in report.rows:
-        if r.queries == "val" and not r.method.endswith("-squared"):
-            lines.append(f"| {r.method} | {r.timesteps} | {r.seconds_per_record:.3f} | {r.seconds_per_query:.3f} |")
-    lines += ["", f"Retraining: {report.retrain_seconds / 60:.1f} min for {cfg['subsets']} × {cfg['seeds']} models "
-              "(incl. ground-truth losses).", "",
-              "## Counterfactual (RMS pixel change of the regenerated image, 0–1 scale; mean over generations)", "",
-              "| removed | mean | per generation |", "|---|---|---|"]
-    for k, vs in cf.items():
-        lines.append(f"| {k} | {np.mean(vs):.4f} | {', '.join(f'{v:.4f}' for v in vs)} |")
-    args.out.write_text("\n".join(lines) + "\n")
-    plot_lds(doc, args.out.with_suffix(".png"))
-    say(f"wrote {args.out}")
+    write(cf)
     return 0
 
 
