@@ -3,6 +3,11 @@
 The recipe is the decoder's (``pipeline.train.decoder``) shortened: ε-prediction MSE, uniform t, the condition
 zeroed with probability ``drop_prob`` (classifier-free guidance), AdamW with a linear warm-up. LDS needs every
 subset retrained with the full model's recipe, so build the full model with :func:`finetune` too.
+
+Two modes: random (each run draws its own minibatches, timesteps and noise from ``seed``: what LDS's S subsets ×
+seeds need), and a fixed :class:`TrainingSchedule` (:func:`fixed_schedule`) for counterfactuals: the run on D∖R
+replays the run on D slot by slot and skips R's slots, so the only difference between the two models is R's
+gradient terms, not a reshuffle of every minibatch.
 """
 
 from __future__ import annotations
