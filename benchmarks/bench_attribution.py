@@ -210,13 +210,14 @@ def _schedule(train: RecordSet, backbone: AttributionModel, cfg: dict, seed: int
 
 def counterfactual(backbone: AttributionModel, full: AttributionModel, train: RecordSet, conditions: torch.Tensor,
                    cfg: dict, cache: FeatureCache, *, lambdas: dict[str, float] | None,
-                   say) -> dict[str, list[float]]:
+                   say, on_generation=None) -> dict[str, list[float]]:
     """RMS pixel change of regenerations after leave-R-out retraining with the full model's fixed schedule.
 
     For each of the first ``n_counterfactual`` conditions: generate with the full model (sampling seed 1234), take
     each method's top-10 records of that generation (K = 100, λ from ``lambdas`` or the library default), retrain
     on D∖R with the schedule of the full model (seed 0) and regenerate with the same seed; also R = 10 random
-    records, and a floor = the full set under another schedule seed (1).
+    records, and a floor = the full set under another schedule seed (1). ``on_generation(cf)`` is called with the
+    results so far after each generation (a partial copy survives an interrupted run).
     """
     def schedule(seed: int):
         return _schedule(train, backbone, cfg, seed)
@@ -247,6 +248,8 @@ def counterfactual(backbone: AttributionModel, full: AttributionModel, train: Re
                 done[key] = _rms(_generate(model, cond, seed=1234), original)
             cf[name].append(done[key])
         say(f"counterfactual {g + 1}/{cfg['n_counterfactual']}")
+        if on_generation is not None:
+            on_generation({k: [round(v, 4) for v in vs] for k, vs in cf.items()})
     return {k: [round(v, 4) for v in vs] for k, vs in cf.items()}
 
 
@@ -332,13 +335,17 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = FeatureCache(args.work / "features", full.model_hash)
     if args.counterfactual_only:  # features first (shared cache with a concurrent LDS run), then λ = the default
-        cf = counterfactual(backbone, full, train, gen_conds, cfg, cache, lambdas=None, say=say)
-        doc = {"meta": _meta(args, cfg, overrides, full, retrain_seconds, t0), "counterfactual_rms": cf,
-               "counterfactual_meta": {"lambda": "the library default λ = 0.1 × mean ‖φ_i‖² (run concurrently "
-                                                 "with the LDS run, before its held-out λ existed)"}}
         path = args.out.with_name(args.out.stem + "_cf.json")
-        path.write_text(json.dumps(doc, indent=2) + "\n")
-        say(f"wrote {path}")
+
+        def save(cf: dict[str, list[float]]) -> None:
+            doc = {"meta": _meta(args, cfg, overrides, full, retrain_seconds, t0), "counterfactual_rms": cf,
+                   "counterfactual_meta": {"lambda": "the library default λ = 0.1 × mean ‖φ_i‖² (run beside the "
+                                                     "LDS run, before its held-out λ existed)",
+                                           "generations_done": len(cf["random"])}}
+            path.write_text(json.dumps(doc, indent=2) + "\n")
+            say(f"wrote {path}")
+
+        save(counterfactual(backbone, full, train, gen_conds, cfg, cache, lambdas=None, say=say, on_generation=save))
         return 0
 
     # 3. LDS
