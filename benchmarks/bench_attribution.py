@@ -12,14 +12,17 @@ Setting (``shared/notes/seeds-anchors.md`` §C.2 protocol, §C.4 "what to try ne
   the validation embeddings);
 * LDS: S α = 0.5 subsets × seeds, ground truth = loss over a uniform t grid × fixed noise seeds (a noise stream
   separate from the features'), Spearman per query, mean; best-λ and held-out-λ (even subsets pick, odd score);
-* counterfactual: for a few generations, retrain without the top-10 records of each method (held-out λ, K = 100)
-  and without 10 random records, regenerate with the same noise, and report the RMS pixel change (0–1 scale); the
-  floor is the change from retraining the full set with another seed.
+* counterfactual: the full model is trained with a fixed schedule (``fixed_schedule``: every minibatch, t, noise and
+  condition dropout drawn in advance per (step, slot)); for a few generations, retrain on D∖R with the same schedule
+  minus R's slots, R = the top-10 of each method (held-out λ, K = 100) or 10 random records, regenerate with the same
+  sampling seed, and report the RMS pixel change (0–1 scale); the floor is the full set under another schedule seed.
 
 Privacy: this is an owner's evaluation over records the owner holds; nothing here goes through a DP query.
 
 Run: ``nice -n 10 python benchmarks/bench_attribution.py --quick`` (about 30-60 min on 2 shared cores), or without
-``--quick`` for the full setting (N = 500, 64 subsets × 2 seeds: hours).
+``--quick`` for the full setting (N = 500, 64 subsets × 2 seeds: hours); every setting has an override flag
+(``--subsets 32 --steps 100 ...``). ``--counterfactual-only`` (default λ) can run beside an LDS run with the same
+settings and ``--work`` (they share the K = 100 features); ``--merge-counterfactual`` then adds its table.
 """
 
 from __future__ import annotations
