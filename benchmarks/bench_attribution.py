@@ -12,14 +12,17 @@ Setting (``shared/notes/seeds-anchors.md`` §C.2 protocol, §C.4 "what to try ne
   the validation embeddings);
 * LDS: S α = 0.5 subsets × seeds, ground truth = loss over a uniform t grid × fixed noise seeds (a noise stream
   separate from the features'), Spearman per query, mean; best-λ and held-out-λ (even subsets pick, odd score);
-* counterfactual: for a few generations, retrain without the top-10 records of each method (held-out λ, K = 100)
-  and without 10 random records, regenerate with the same noise, and report the RMS pixel change (0–1 scale); the
-  floor is the change from retraining the full set with another seed.
+* counterfactual: the full model is trained with a fixed schedule (``fixed_schedule``: every minibatch, t, noise and
+  condition dropout drawn in advance per (step, slot)); for a few generations, retrain on D∖R with the same schedule
+  minus R's slots, R = the top-10 of each method (held-out λ, K = 100) or 10 random records, regenerate with the same
+  sampling seed, and report the RMS pixel change (0–1 scale); the floor is the full set under another schedule seed.
 
 Privacy: this is an owner's evaluation over records the owner holds; nothing here goes through a DP query.
 
 Run: ``nice -n 10 python benchmarks/bench_attribution.py --quick`` (about 30-60 min on 2 shared cores), or without
-``--quick`` for the full setting (N = 500, 64 subsets × 2 seeds: hours).
+``--quick`` for the full setting (N = 500, 64 subsets × 2 seeds: hours); every setting has an override flag
+(``--subsets 32 --steps 100 ...``). ``--counterfactual-only`` (default λ) can run beside an LDS run with the same
+settings and ``--work`` (they share the K = 100 features); ``--merge-counterfactual`` then adds its table.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from pipeline.attribution import (  # noqa: E402
     METHODS,
     AttributionModel,
     FeatureCache,
+    LDSReport,
+    LDSRow,
     RecordSet,
     attribute,
     evaluate_lds,
@@ -53,17 +58,17 @@ from pipeline.attribution import (  # noqa: E402
     finetune,
     make_retrain,
 )
-from pipeline.attribution.retrain import ddpm_scheduler, small_unet  # noqa: E402
+from pipeline.attribution.retrain import ddpm_scheduler, fixed_schedule, small_unet  # noqa: E402
 
 QUICK = {"n_train": 200, "n_val": 16, "n_gen": 16, "backbone_steps": 600, "steps": 150, "batch_size": 32,
          "lr": 5e-4, "subsets": 16, "seeds": 2, "projection_dim": 1024, "gt_timesteps": 50,
-         "gt_noise_seeds": [0, 1], "n_counterfactual": 2}
+         "gt_noise_seeds": [0, 1], "n_counterfactual": 2, "cf_methods": list(METHODS)}
 FULL = {"n_train": 500, "n_val": 64, "n_gen": 64, "backbone_steps": 1500, "steps": 300, "batch_size": 32,
         "lr": 5e-4, "subsets": 64, "seeds": 2, "projection_dim": 2048, "gt_timesteps": 100,
-        "gt_noise_seeds": [0, 1, 2], "n_counterfactual": 8}
+        "gt_noise_seeds": [0, 1, 2], "n_counterfactual": 8, "cf_methods": list(METHODS)}
 SMOKE = {"n_train": 20, "n_val": 4, "n_gen": 4, "backbone_steps": 20, "steps": 10, "batch_size": 8, "lr": 5e-4,
          "subsets": 4, "seeds": 1, "projection_dim": 64, "gt_timesteps": 5, "gt_noise_seeds": [0],
-         "n_counterfactual": 1}  # a wiring check (seconds), not a measurement
+         "n_counterfactual": 1, "cf_methods": list(METHODS)}  # a wiring check (seconds), not a measurement
 IMAGE_SIZE = 16
 
 
@@ -110,6 +115,17 @@ def _backbone(work: Path, public: RecordSet, cfg: dict) -> AttributionModel:
     return model
 
 
+def _flag(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+def _csv_of(kind):
+    def parse(text: str) -> list:
+        return [kind(v) for v in text.split(",") if v]
+
+    return parse
+
+
 def _rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)))
 
@@ -144,6 +160,107 @@ def plot_lds(doc: dict, path: Path) -> Path:
     return path
 
 
+def _report_from_dict(d: dict) -> LDSReport:
+    return LDSReport(rows=[LDSRow(**r) for r in d["rows"]], settings=d["settings"], random_lds=d["random_lds"],
+                     masks=np.zeros((0, 0), dtype=bool), margins={}, retrain_seconds=d["retrain_seconds"])
+
+
+def _meta(args, cfg: dict, overrides: dict, full: AttributionModel, retrain_seconds: float, t0: float) -> dict:
+    return {"setting": "smoke" if args.smoke else "quick" if args.quick else "full", **cfg, "image_size": IMAGE_SIZE,
+            "parameters": full.num_parameters, "retrain_seconds_each": round(retrain_seconds, 1),
+            "total_minutes": round((time.perf_counter() - t0) / 60, 1), "torch": torch.__version__,
+            "overrides": overrides, "full_model": "fixed schedule seed 0 (counterfactual baseline)",
+            "counterfactual_schedule": "fixed (D∖R reuses the full model's minibatches, t and noise minus R's slots)",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), 1 torch thread, nice 10"}
+
+
+def _counterfactual_lines(cf: dict[str, list[float]], cf_meta: dict) -> list[str]:
+    lines = ["## Counterfactual, fixed schedule (RMS pixel change of the regenerated image, 0–1 scale)", "",
+             "D∖R is retrained with the full model's own minibatches, timesteps and noise minus R's slots; the "
+             "regenerated image uses the same sampling seed. `> random` = generations where removing the "
+             "method's top-10 changed the image more than removing 10 random records. "
+             f"λ: {cf_meta.get('lambda', 'held-out λ of the LDS run (gen, K = 100)')}.", "",
+             "| removed | mean | median | > random | per generation |", "|---|---|---|---|---|"]
+    for k, vs in cf.items():
+        wins = "" if k in ("random", "seed floor") else \
+            f"{sum(a > b for a, b in zip(vs, cf['random'], strict=True))}/{len(vs)}"
+        lines.append(f"| {k} | {np.mean(vs):.4f} | {np.median(vs):.4f} | {wins} | {', '.join(f'{v:.4f}' for v in vs)} |")
+    return [*lines, ""]
+
+
+def write_results(out: Path, doc: dict, command: str) -> None:
+    """Write ``out`` (.md), its .json and .png from the results document (meta, lds, counterfactual)."""
+    meta, report = doc["meta"], _report_from_dict(doc["lds"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    lines = [f"# Attribution benchmark ({meta['setting']})", "", f"Generated by `{command}`.", "",
+             "```", json.dumps(meta, indent=1), "```", "",
+             "## LDS (best-λ / held-out-λ)", "", report.to_markdown(), "",
+             "## Time", "", "| method | K | s per training record | s per query |", "|---|---|---|---|"]
+    for r in report.rows:
+        if r.queries == "val" and not r.method.endswith("-squared"):
+            lines.append(f"| {r.method} | {r.timesteps} | {r.seconds_per_record:.3f} | {r.seconds_per_query:.3f} |")
+    lines += ["", f"Retraining: {report.retrain_seconds / 60:.1f} min for {meta['subsets']} × {meta['seeds']} models "
+              "(incl. ground-truth losses).", ""]
+    for key, meta_key in (("counterfactual_rms", "counterfactual_meta"),
+                          ("counterfactual_side_rms", "counterfactual_side_meta")):
+        if doc.get(key):
+            lines += _counterfactual_lines(doc[key], doc.get(meta_key, {}))
+    out.write_text("\n".join(lines) + "\n")
+    plot_lds(doc, out.with_suffix(".png"))
+
+
+def _schedule(train: RecordSet, backbone: AttributionModel, cfg: dict, seed: int):
+    """The fixed training schedule of the full model (seed 0) and of every counterfactual retrain on D∖R."""
+    return fixed_schedule(train.ids, steps=cfg["steps"], batch_size=cfg["batch_size"], seed=seed,
+                          image_shape=tuple(train.images.shape[1:]), num_train_timesteps=backbone.num_train_timesteps)
+
+
+def counterfactual(backbone: AttributionModel, full: AttributionModel, train: RecordSet, conditions: torch.Tensor,
+                   cfg: dict, cache: FeatureCache, *, lambdas: dict[str, float] | None,
+                   say, on_generation=None) -> dict[str, list[float]]:
+    """RMS pixel change of regenerations after leave-R-out retraining with the full model's fixed schedule.
+
+    For each of the first ``n_counterfactual`` conditions: generate with the full model (sampling seed 1234), take
+    each method's top-10 records of that generation (K = 100, λ from ``lambdas`` or the library default), retrain
+    on D∖R with the schedule of the full model (seed 0) and regenerate with the same seed; also R = 10 random
+    records, and a floor = the full set under another schedule seed (1). ``on_generation(cf)`` is called with the
+    results so far after each generation (a partial copy survives an interrupted run).
+    """
+    def schedule(seed: int):
+        return _schedule(train, backbone, cfg, seed)
+
+    methods = list(cfg["cf_methods"])
+    feats = {m: featurize(full, train, method=m, timesteps=100, projection_dim=cfg["projection_dim"], cache=cache)
+             for m in methods}
+    say("counterfactual features ready")
+    floor_model = finetune(backbone, train, lr=cfg["lr"], schedule=schedule(1))
+    cf: dict[str, list[float]] = {m: [] for m in (*methods, "random", "seed floor")}
+    cf_rng = np.random.default_rng(7)
+    for g in range(cfg["n_counterfactual"]):
+        cond = conditions[g:g + 1]
+        original = _generate(full, cond, seed=1234)  # generated alone: a batch of 1 draws the same latents below
+        query = RecordSet.from_arrays(original, cond, ids=np.array([2 * 10**6 + g]))
+        cf["seed floor"].append(_rms(_generate(floor_model, cond, seed=1234), original))
+        removals = {"random": cf_rng.choice(len(train), 10, replace=False)}
+        for m in methods:
+            lam = None if lambdas is None else lambdas[m]
+            res = attribute(full, query, train, method=m, lambda_=lam, top=10, train_features=feats[m])
+            removals[m] = np.array([r.position for r in res.top[0]])
+        done: dict[tuple, float] = {}
+        for name, pos in removals.items():
+            key = tuple(sorted(int(p) for p in pos))
+            if key not in done:  # squared and unsquared top-10 can coincide: retrain once
+                keep = np.setdiff1d(np.arange(len(train)), pos)
+                model = finetune(backbone, train.subset(keep), lr=cfg["lr"], schedule=schedule(0))
+                done[key] = _rms(_generate(model, cond, seed=1234), original)
+            cf[name].append(done[key])
+        say(f"counterfactual {g + 1}/{cfg['n_counterfactual']}")
+        if on_generation is not None:
+            on_generation({k: [round(v, 4) for v in vs] for k, vs in cf.items()})
+    return {k: [round(v, 4) for v in vs] for k, vs in cf.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced setting (N=200, 16 subsets x 2 seeds)")
@@ -151,12 +268,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "attribution.md")
     parser.add_argument("--smoke", action="store_true", help="wiring check in seconds (numbers meaningless)")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the results JSON")
+    parser.add_argument("--counterfactual-only", action="store_true",
+                        help="only the counterfactual, λ = the library default, to <out>_cf.json (can run beside an "
+                             "LDS run with the same settings: the K = 100 features are shared through --work)")
+    parser.add_argument("--merge-counterfactual", action="store_true",
+                        help="merge <out>_cf.json into the results written by an LDS run (as a second table when "
+                             "the LDS run has its own counterfactual)")
+    for key, default in FULL.items():  # every setting can be overridden, e.g. --steps 100 --n-val 24
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None,
+                            type=_csv_of(type(default[0])) if isinstance(default, list) else type(default),
+                            help=f"override the setting's {key} (full: {default})")
     args = parser.parse_args(argv)
+    if args.merge_counterfactual:
+        doc = json.loads(args.out.with_suffix(".json").read_text())
+        cf_doc = json.loads(args.out.with_name(args.out.stem + "_cf.json").read_text())
+        side = "counterfactual_side" if doc.get("counterfactual_rms") else "counterfactual"  # keep the LDS run's
+        doc[f"{side}_rms"] = cf_doc["counterfactual_rms"]
+        doc[f"{side}_meta"] = cf_doc["counterfactual_meta"]
+        cmd = "benchmarks/bench_attribution.py" + "".join(
+            f" --{k.replace('_', '-')} {_flag(v)}" for k, v in doc["meta"]["overrides"].items())
+        write_results(args.out, doc, f"{cmd}` (LDS) and `{cmd} --counterfactual-only")
+        print(args.out)
+        return 0
     if args.replot:
         print(plot_lds(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".png")))
         return 0
     torch.set_num_threads(1)
-    cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
+    cfg = dict(SMOKE if args.smoke else QUICK if args.quick else FULL)
+    overrides = {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
+    cfg.update(overrides)
     args.work.mkdir(mode=0o700, parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
@@ -189,16 +329,36 @@ def main(argv: list[str] | None = None) -> int:
     backbone = _backbone(args.work, public, cfg)
     say("backbone ready")
     recipe = {"steps": cfg["steps"], "batch_size": cfg["batch_size"], "lr": cfg["lr"]}
+
+    def schedule(seed: int):
+        return _schedule(train, backbone, cfg, seed)
+
+    # the full model is trained with a fixed schedule (same draws' distribution as the random recipe of the LDS
+    # retrains), so the counterfactual can retrain it on D∖R with the very same minibatches minus R
     t_full = time.perf_counter()
-    full = finetune(backbone, train, seed=0, **recipe)
+    full = finetune(backbone, train, lr=cfg["lr"], schedule=schedule(0))
     retrain_seconds = time.perf_counter() - t_full
     gen_conds = val.conditions[: cfg["n_gen"]]
     gen_images = _generate(full, gen_conds, seed=1234)
     gen = RecordSet.from_arrays(gen_images, gen_conds, ids=np.arange(len(gen_images)) + 10**6)
     say(f"full model trained in {retrain_seconds:.1f}s; {len(gen)} generations")
 
-    # 3. LDS
     cache = FeatureCache(args.work / "features", full.model_hash)
+    if args.counterfactual_only:  # features first (shared cache with a concurrent LDS run), then λ = the default
+        path = args.out.with_name(args.out.stem + "_cf.json")
+
+        def save(cf: dict[str, list[float]]) -> None:
+            doc = {"meta": _meta(args, cfg, overrides, full, retrain_seconds, t0), "counterfactual_rms": cf,
+                   "counterfactual_meta": {"lambda": "the library default λ = 0.1 × mean ‖φ_i‖² (run beside the "
+                                                     "LDS run, before its held-out λ existed)",
+                                           "generations_done": len(cf["random"])}}
+            path.write_text(json.dumps(doc, indent=2) + "\n")
+            say(f"wrote {path}")
+
+        save(counterfactual(backbone, full, train, gen_conds, cfg, cache, lambdas=None, say=say, on_generation=save))
+        return 0
+
+    # 3. LDS
     report = evaluate_lds(train, {"val": val, "gen": gen}, model=full, retrain=make_retrain(backbone, **recipe),
                           subsets=cfg["subsets"], seeds=cfg["seeds"], methods=METHODS, timesteps=(10, 100),
                           projection_dim=cfg["projection_dim"], gt_timesteps=cfg["gt_timesteps"],
@@ -206,54 +366,23 @@ def main(argv: list[str] | None = None) -> int:
     say("LDS done")
     print(report.to_markdown(), flush=True)
 
-    # 4. counterfactual: remove the top-10 of each method vs 10 random records, regenerate with the same noise
-    floor_model = finetune(backbone, train, seed=1, **recipe)
-    cf: dict[str, list[float]] = {m: [] for m in (*METHODS, "random", "seed floor")}
-    cf_rng = np.random.default_rng(7)
-    for g in range(cfg["n_counterfactual"]):
-        query = gen.subset([g])
-        cond = gen_conds[g:g + 1]
-        original = gen_images[g:g + 1]
-        cf["seed floor"].append(_rms(_generate(floor_model, cond, seed=1234), original))
-        removals = {"random": cf_rng.choice(len(train), 10, replace=False)}
-        for m in METHODS:
-            feats = featurize(full, train, method=m, timesteps=100, projection_dim=cfg["projection_dim"],
-                              cache=cache)
-            lam = report.get(m, 100, "gen").lambda_heldout
-            res = attribute(full, query, train, method=m, lambda_=lam, top=10, train_features=feats)
-            removals[m] = np.array([r.position for r in res.top[0]])
-        for name, pos in removals.items():
-            keep = np.setdiff1d(np.arange(len(train)), pos)
-            model = finetune(backbone, train.subset(keep), seed=0, **recipe)
-            cf[name].append(_rms(_generate(model, cond, seed=1234), original))
-        say(f"counterfactual {g + 1}/{cfg['n_counterfactual']}")
+    # 4. the results, written as soon as LDS is done (a safety copy) and again after the counterfactual
+    command = "benchmarks/bench_attribution.py" + (" --quick" if args.quick else "") \
+        + "".join(f" --{k.replace('_', '-')} {_flag(v)}" for k, v in overrides.items())
 
-    # 5. write the results
-    meta = {"setting": "smoke" if args.smoke else "quick" if args.quick else "full", **cfg, "image_size": IMAGE_SIZE,
-            "parameters": full.num_parameters, "retrain_seconds_each": round(retrain_seconds, 1),
-            "total_minutes": round((time.perf_counter() - t0) / 60, 1), "torch": torch.__version__,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), 1 torch thread, nice 10"}
-    doc = {"meta": meta, "lds": report.to_dict(),
-           "counterfactual_rms": {k: [round(v, 4) for v in vs] for k, vs in cf.items()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = [f"# Attribution benchmark ({meta['setting']})", "",
-             "Generated by `benchmarks/bench_attribution.py" + (" --quick" if args.quick else "") + "`.", "",
-             "```", json.dumps(meta, indent=1), "```", "",
-             "## LDS (best-λ / held-out-λ)", "", report.to_markdown(), "",
-             "## Time", "", "| method | K | s per training record | s per query |", "|---|---|---|---|"]
-    for r in report.rows:
-        if r.queries == "val" and not r.method.endswith("-squared"):
-            lines.append(f"| {r.method} | {r.timesteps} | {r.seconds_per_record:.3f} | {r.seconds_per_query:.3f} |")
-    lines += ["", f"Retraining: {report.retrain_seconds / 60:.1f} min for {cfg['subsets']} × {cfg['seeds']} models "
-              "(incl. ground-truth losses).", "",
-              "## Counterfactual (RMS pixel change of the regenerated image, 0–1 scale; mean over generations)", "",
-              "| removed | mean | per generation |", "|---|---|---|"]
-    for k, vs in cf.items():
-        lines.append(f"| {k} | {np.mean(vs):.4f} | {', '.join(f'{v:.4f}' for v in vs)} |")
-    args.out.write_text("\n".join(lines) + "\n")
-    plot_lds(doc, args.out.with_suffix(".png"))
-    say(f"wrote {args.out}")
+    def write(cf: dict[str, list[float]]) -> None:
+        meta = _meta(args, cfg, overrides, full, retrain_seconds, t0)
+        doc = {"meta": meta, "lds": report.to_dict(),
+               "counterfactual_rms": {k: [round(v, 4) for v in vs] for k, vs in cf.items()}}
+        write_results(args.out, doc, command)
+        say(f"wrote {args.out}")
+
+    write({})
+
+    # 5. counterfactual with the held-out λ of this LDS run
+    cf = counterfactual(backbone, full, train, gen_conds, cfg, cache,
+                        lambdas={m: report.get(m, 100, "gen").lambda_heldout for m in cfg["cf_methods"]}, say=say)
+    write(cf)
     return 0
 
 

@@ -35,7 +35,7 @@ _EXPORTS = {
     "LDSReport": "lds", "LDSRow": "lds", "evaluate_lds": "lds", "ground_truth_losses": "lds", "lds": "lds",
     "AttributionModel": "model", "RecordSet": "model",
     "AttributionResult": "result", "RecordScore": "result", "attribute": "result", "save_strip": "result",
-    "finetune": "retrain", "make_retrain": "retrain",
+    "finetune": "retrain", "make_retrain": "retrain", "fixed_schedule": "retrain", "TrainingSchedule": "retrain",
     "drop_cached_records": "forget", "forget_hook": "forget",
     "folder_records": "records", "query_records": "records", "shard_records": "records",
     "load_attribution_model": "loading",

@@ -14,6 +14,7 @@ call with the same seed, on any machine running the same torch version).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -164,6 +165,27 @@ def _item_loss(model: AttributionModel, method: str):
     return f
 
 
+@contextlib.contextmanager
+def _vmap_friendly_attention(unet):
+    """Swap a diffusers UNet's attention processors for the classic (bmm + softmax) one while featurizing.
+
+    ``vmap`` has no batching rule for ``scaled_dot_product_attention`` on the CPU and falls back to a per-item loop;
+    the classic processor computes the same attention (to float rounding, ~1e-7) about 30 % faster under ``vmap``.
+    The caller's processors are restored afterwards; models without attention processors are left alone.
+    """
+    if not hasattr(unet, "set_attn_processor") or not getattr(unet, "attn_processors", None):
+        yield
+        return
+    from diffusers.models.attention_processor import AttnProcessor
+
+    saved = dict(unet.attn_processors)
+    unet.set_attn_processor(AttnProcessor())
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(saved)
+
+
 def featurize(model: AttributionModel, records, conditions=None, *, method: str = "das", timesteps: int = 100,
               projection_dim: int = 2048, seed: int = 0, role: str = "train", batch_size: int = 64,
               cache=None) -> Features:
@@ -214,7 +236,7 @@ def featurize(model: AttributionModel, records, conditions=None, *, method: str 
     chunk = max(1, min(n, _ACC_FLOATS // n_params))
     phi = np.empty((n, projection_dim), dtype=np.float32)
     errors = np.empty((n, k), dtype=np.float64)
-    with torch.no_grad():
+    with torch.no_grad(), _vmap_friendly_attention(model.unet):
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             acc = torch.zeros((hi - lo, n_params))
