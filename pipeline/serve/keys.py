@@ -182,6 +182,8 @@ class KeyStore:
 
     @contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        # The same BEGIN IMMEDIATE pattern as accountant/backends/sqlite.py; not imported from there because any
+        # accountant import loads dp_accounting (~0.8 s), which `dprdm keys` never needs.
         conn = self._conn()
         with self._guard(action):
             conn.execute("BEGIN IMMEDIATE")

@@ -16,9 +16,9 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from digit_folders import write_digit_classes
 from typer.testing import CliRunner
 
 from index import PrivateIndex, build_index
@@ -32,20 +32,10 @@ FAST = ["--timesteps", "2", "--projection-dim", "32", "--threads", "1"]
 OWNER_ONLY = "owner-only: names training records; never expose it to analysts"
 
 
-def _write_digits(folder: Path, labels=(0, 1, 7), per_class: int = 6) -> Path:
-    split = load_mnist_split()
-    for label in labels:
-        rows = np.flatnonzero(split.private_labels == label)[:per_class]
-        (folder / str(label)).mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            to_pil(split.private_images[row]).save(folder / str(label) / f"{row:04d}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """18 private digits (0, 1, 7; six each) as ``<label>/<row>.png``."""
-    return _write_digits(tmp_path_factory.mktemp("attr-corpus") / "digits")
+    return write_digit_classes(tmp_path_factory.mktemp("attr-corpus") / "digits", (0, 1, 7), 6)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +162,7 @@ def test_a_changed_shard_replaces_its_cached_set(index_dir: Path, corpus: Path, 
     args = ["attribute", _query(corpus), "--index", index_dir, "--shard", "train", "--decoder", decoder, "--json",
             *FAST]
     first = _json(_invoke(*args))
-    PrivateIndex.open(index_dir).add(_write_digits(tmp_path / "more", labels=(3,), per_class=2), shard="train",
+    PrivateIndex.open(index_dir).add(write_digit_classes(tmp_path / "more", (3,), 2), shard="train",
                                      num_threads=1)
     second = _json(_invoke(*args))
     assert second["training"]["records"] == 20 and second["cache"]["hit"] is False
@@ -195,7 +185,7 @@ def test_forget_hook_drops_rows_before_index_remove_commits(index_dir: Path, cor
 
 
 def test_records_whose_source_is_gone_are_skipped_and_reported(tmp_path: Path, decoder: Path) -> None:
-    corpus = _write_digits(tmp_path / "digits", labels=(1, 7), per_class=4)
+    corpus = write_digit_classes(tmp_path / "digits", (1, 7), 4)
     build_index(corpus, tmp_path / "index", shard="s", progress=False, num_threads=1)
     gone = sorted((corpus / "1").glob("*.png"))[0]
     gone.unlink()

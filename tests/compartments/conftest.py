@@ -6,35 +6,24 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "finetune"))
+from digit_folders import write_digit_classes  # noqa: E402
 from finetune_testlib import tiny_unet  # noqa: E402
 
 from accountant import Ledger  # noqa: E402
 from index import PrivateIndex, build_index  # noqa: E402
-from pipeline.data import load_mnist_split, to_pil  # noqa: E402
 from pipeline.decoders import TinyDecoder  # noqa: E402
 
 PER_CLASS = 10
 
 
-def write_classes(folder: Path, classes, per_class: int = PER_CLASS) -> Path:
-    split = load_mnist_split()
-    for label in classes:
-        rows = np.flatnonzero(split.private_labels == label)[:per_class]
-        (folder / str(label)).mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            to_pil(split.private_images[row]).save(folder / str(label) / f"{row:04d}.png")
-    return folder
-
-
 @pytest.fixture(scope="session")
 def two_shard_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cdm")
-    build_index(write_classes(root / "a", range(5)), root / "index", shard="a", progress=False, num_threads=1)
-    PrivateIndex.open(root / "index").add(write_classes(root / "b", range(5, 10)), shard="b", num_threads=1)
+    build_index(write_digit_classes(root / "a", range(5), PER_CLASS), root / "index", shard="a", progress=False, num_threads=1)
+    PrivateIndex.open(root / "index").add(write_digit_classes(root / "b", range(5, 10), PER_CLASS), shard="b", num_threads=1)
     return root
 
 

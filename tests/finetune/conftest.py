@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from finetune_testlib import tiny_unet, write_digits
+from digit_folders import write_digit_classes
+from finetune_testlib import PER_CLASS, tiny_unet
 
 from accountant import Ledger
 from index import PrivateIndex, build_index
@@ -21,7 +22,7 @@ from pipeline.decoders import TinyDecoder
 def corpus_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One shard ('default') of 200 private digit PNGs (the session's pristine copy; tests copy it)."""
     root = tmp_path_factory.mktemp("ft")
-    build_index(write_digits(root / "pngs"), root / "index", progress=False, num_threads=1)
+    build_index(write_digit_classes(root / "pngs", range(10), PER_CLASS), root / "index", progress=False, num_threads=1)
     return root
 
 

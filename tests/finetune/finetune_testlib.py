@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
 
-from pipeline.data import load_mnist_split, to_pil
-
 PER_CLASS = 20
-
-
-def write_digits(folder: Path, per_class: int = PER_CLASS) -> Path:
-    split = load_mnist_split()
-    for label in range(10):
-        rows = np.flatnonzero(split.private_labels == label)[:per_class]
-        (folder / str(label)).mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            to_pil(split.private_images[row]).save(folder / str(label) / f"{row:04d}.png")
-    return folder
 
 
 def tiny_unet(dim: int, seed: int = 0):

@@ -10,33 +10,22 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from digit_folders import write_digit_classes
 
 from accountant import Ledger
 from index import PrivateIndex, build_index
-from pipeline.data import load_mnist_split, to_pil
 from pipeline.decoders import TinyDecoder
 
 PER_CLASS = 30
-
-
-def _write_digits(folder: Path, labels: range, per_class: int = PER_CLASS) -> Path:
-    split = load_mnist_split()
-    for label in labels:
-        rows = np.flatnonzero(split.private_labels == label)[:per_class]
-        (folder / str(label)).mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            to_pil(split.private_images[row]).save(folder / str(label) / f"{row:04d}.png")
-    return folder
 
 
 @pytest.fixture(scope="session")
 def built_single(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One shard ('default') of 300 private digits (30 per class), built once per session (never bound)."""
     root = tmp_path_factory.mktemp("single")
-    build_index(_write_digits(root / "pngs", range(10)), root / "index", progress=False, num_threads=1)
+    build_index(write_digit_classes(root / "pngs", range(10), PER_CLASS), root / "index", progress=False, num_threads=1)
     return root / "index"
 
 
@@ -44,8 +33,8 @@ def built_single(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def built_two(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shards 'low' (digits 0-4) and 'high' (digits 5-9), 10 per class, built once per session."""
     root = tmp_path_factory.mktemp("two")
-    build_index(_write_digits(root / "low", range(5), 10), root / "index", shard="low", progress=False, num_threads=1)
-    build_index(_write_digits(root / "high", range(5, 10), 10), root / "index", shard="high", progress=False, num_threads=1)
+    build_index(write_digit_classes(root / "low", range(5), 10), root / "index", shard="low", progress=False, num_threads=1)
+    build_index(write_digit_classes(root / "high", range(5, 10), 10), root / "index", shard="high", progress=False, num_threads=1)
     return root / "index"
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from digit_folders import write_digit_classes
 
 from accountant import Ledger
 from index import IndexCorruptError, MemoryShard, PrivateIndex, build_index
 from index import rows as row_primitives
 from pipeline import PrivateRetriever
-from pipeline.data import load_mnist_split, to_pil
 from pipeline.mechanism import _subsample_search, aggregate, privatize
 
 SCOPE = {"k": 5, "q": 0.5, "sigma": 0.5, "epsilon": 500.0, "delta": 1e-6}
@@ -25,11 +25,7 @@ SCOPE = {"k": 5, "q": 0.5, "sigma": 0.5, "epsilon": 500.0, "delta": 1e-6}
 def built_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same 100 private digits as a float32 index and as an int8 index (bundled encoder)."""
     root = tmp_path_factory.mktemp("storage")
-    split = load_mnist_split()
-    for label in range(10):
-        for row in np.flatnonzero(split.private_labels == label)[:10]:
-            (root / "pngs" / str(label)).mkdir(parents=True, exist_ok=True)
-            to_pil(split.private_images[row]).save(root / "pngs" / str(label) / f"{row:04d}.png")
+    write_digit_classes(root / "pngs", range(10), 10)
     built = {}
     for storage in ("float32", "int8"):
         build_index(root / "pngs", root / storage, progress=False, num_threads=1, storage=storage)

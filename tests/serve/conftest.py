@@ -10,36 +10,25 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
+from digit_folders import write_digit_classes  # noqa: E402
 from serve_testlib import DELTA, MECH  # noqa: E402
 
 from accountant import ScopeSpec  # noqa: E402
 from index import PrivateIndex, build_index  # noqa: E402
-from pipeline.data import load_mnist_split, to_pil  # noqa: E402
 from pipeline.ledgers import index_ledger  # noqa: E402
 from pipeline.serve import KeyStore, ServeConfig  # noqa: E402
-
-
-def _write_digits(folder: Path, labels: range, per_class: int) -> Path:
-    split = load_mnist_split()
-    for label in labels:
-        rows = np.flatnonzero(split.private_labels == label)[:per_class]
-        (folder / str(label)).mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            to_pil(split.private_images[row]).save(folder / str(label) / f"{row:04d}.png")
-    return folder
 
 
 @pytest.fixture(scope="session")
 def built_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serve")
-    build_index(_write_digits(root / "low", range(5), 10), root / "index", shard="low", progress=False, num_threads=1)
-    build_index(_write_digits(root / "high", range(5, 10), 10), root / "index", shard="high", progress=False, num_threads=1)
+    build_index(write_digit_classes(root / "low", range(5), 10), root / "index", shard="low", progress=False, num_threads=1)
+    build_index(write_digit_classes(root / "high", range(5, 10), 10), root / "index", shard="high", progress=False, num_threads=1)
     return root / "index"
 
 
