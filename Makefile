@@ -8,6 +8,10 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test lint clean
 
+# The slowest drills (marker "drill", > 10 min each) run in CI (CI=true) and are skipped by a local `make test`;
+# `make test CI=true` or `pytest -m drill` runs them here.
+DRILLS := $(if $(filter true,$(CI)),,-m "not drill")
+
 # torch first, pinned to the local CPU build, so that no requirement pulls the CUDA wheels.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +28,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest $(DRILLS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -25,9 +25,9 @@ tiny decoder trained by :func:`pipeline.compartments.train_compartments` (non-pr
 public for this measurement; ``--dp-epsilon E`` adds a DP class split at ε = E per training), the shard classifier,
 :class:`ComposedDecoder` sampling (DDIM, guidance 1, condition: the unit mean of the encoder embeddings of the
 public half). Models: the paragon (one adapter on all the training digits), class split {0–4} | {5–9} (posterior,
-naive, access set {s0}) and iid n ∈ ``--n``. Metrics in the bundled encoder's embedding space
-(:class:`pipeline.compartments.digits.EncoderJudge`): encoder-FD to the held-out test digits; in {0–4}, ambiguous
-and low-confidence shares by a logistic regression on the encoder embeddings of the PUBLIC half; downstream acc. =
+naive, access set {s0}) and iid n ∈ ``--n``. Metrics (:class:`pipeline.compartments.digits.DigitsJudge`):
+encoder-FD to the held-out test digits; in {0–4}, ambiguous and low-confidence shares by a small CNN trained on the
+PUBLIC half; downstream acc. =
 a logistic regression on the samples' pixels with the judge's labels, tested on the real held-out digits. Forgetting:
 the wall time of the real ``forget`` of one record vs the ``train_compartments`` run that trained everything.
 Writes ``benchmarks/results/compartments_encoder.md`` / ``.json`` (rewritten after each model).
@@ -161,10 +161,13 @@ def main(argv=None) -> int:
     enc = parser.add_argument_group("--encoder: bundled-decoder adapters on the bundled private digits")
     enc.add_argument("--encoder", action="store_true", help="run the encoder-space benchmark instead")
     enc.add_argument("--n", type=int, nargs="+", default=[2, 4, 8], help="iid shard counts")
-    enc.add_argument("--epochs", type=int, default=3, help="adapter epochs over each shard")
+    enc.add_argument("--epochs", type=int, default=10, help="adapter epochs over each shard")
+    enc.add_argument("--trainable", default="all", help="adapter parameters (non-private rows)")
+    enc.add_argument("--eta", type=float, default=1.0, help="DDIM eta of the composed sampler")
+    enc.add_argument("--base-guidance", type=float, default=1.5, help="g of the extra class-split rows")
     enc.add_argument("--lr", type=float, default=1e-3, help="adapter learning rate")
     enc.add_argument("--samples", type=int, default=500, help="samples per model")
-    enc.add_argument("--sample-steps", type=int, default=20, help="DDIM steps")
+    enc.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
     enc.add_argument("--classifier-steps", type=int, default=300, help="shard classifier steps")
     enc.add_argument("--per-class", type=int, default=None, help="private training digits per class (default all)")
     enc.add_argument("--out-name", default="compartments_encoder", help="results file stem")
@@ -310,21 +313,24 @@ def encoder_main(args) -> int:
     decoder = TinyDecoder.from_pretrained()
     size = decoder.image_size
     encoder = load_encoder(num_threads=1)
-    judge = digits.EncoderJudge(encoder, size)
+    judge = digits.DigitsJudge(encoder, size)
     condition = digits.public_condition(encoder)
     test_small = digits.downsample(split.private_images[test_rows], size)
     reference = judge.embed(test_small)
-    adapter = {"epochs": args.epochs, "batch_size": 64, "physical_batch_size": 64, "lr": args.lr}
+    adapter = {"epochs": args.epochs, "batch_size": 64, "physical_batch_size": 64, "lr": args.lr,
+               "trainable": args.trainable}
     classifier = {"steps": args.classifier_steps}
     out_dir = ROOT / "benchmarks" / "results"
     results = {"settings": {"train_digits": len(train_rows), "test_digits": len(test_rows), "samples": args.samples,
                             "sample_steps": args.sample_steps, "adapter": adapter, "classifier": classifier,
                             "condition": "unit mean of the encoder embeddings of the public half, guidance 1",
-                            "judge": "logistic regression on encoder embeddings of the public half (16x16)",
+                            "sampler": {"eta": args.eta, "base_guidance_extra_rows": args.base_guidance},
+                            "judge": "CNN trained on the public half (16x16); FD on encoder embeddings",
                             "adapters": "non-private (shards marked public for this measurement)", "seed": 0},
                "runs": []}
     results["real_train_floor"] = _enc_floor(judge, split.private_images, train_rows, args.samples, size, reference)
-    results["base_decoder"] = _enc_eval(judge, decoder, condition, args, reference, test_small,
+    as_compartment = ComposedDecoder(decoder, {"base": decoder}, {"base": 1}, weights="naive", eta=args.eta)
+    results["base_decoder"] = _enc_eval(judge, as_compartment, condition, args, reference, test_small,
                                         labels[test_rows], seed=1)
     _enc_write(out_dir, results, t_start, args.out_name)
     tmp = Path(tempfile.mkdtemp(prefix="cdm-enc-"))
@@ -346,19 +352,26 @@ def encoder_main(args) -> int:
                    "adapter_seconds": {t["shard"]: t["seconds"] for t in trained["trained"]},
                    "classifier_seconds": trained["classifier"]["seconds"], "rows": {}}
             modes = ("naive",) if len(shards) == 1 else ("posterior", "naive")
-            for mode in modes:
-                composed = ComposedDecoder.from_index(index_dir, decoder=decoder, weights=mode)
-                run["rows"][f"CDM {mode}" if len(shards) > 1 else "paragon"] = _enc_eval(
-                    judge, composed, condition, args, reference, test_small, labels[test_rows], seed=1,
-                    classes=classes_a)
-                if mode == "posterior":
-                    run["shard_weights"] = composed.shard_weights
-            if classes_a is not None:
+            guidances = (1.0,) if classes_a is None else (1.0, args.base_guidance)
+            for g in guidances:
+                tag = "" if g == 1.0 else f", g = {g:g}"
+                for mode in modes:
+                    composed = ComposedDecoder.from_index(index_dir, decoder=decoder, weights=mode, eta=args.eta,
+                                                          base_guidance=g)
+                    run["rows"][(f"CDM {mode}" if len(shards) > 1 else "paragon") + tag] = _enc_eval(
+                        judge, composed, condition, args, reference, test_small, labels[test_rows], seed=1,
+                        classes=classes_a)
+                    if mode == "posterior" and g == 1.0:
+                        run["shard_weights"] = composed.shard_weights
+                        run["weight_trajectory"] = composed.weight_trajectory
+                if classes_a is None:
+                    continue
                 for shard, classes in (("s0", classes_a), ("s1", [c for c in range(10) if c not in classes_a])):
-                    only = ComposedDecoder.from_index(index_dir, decoder=decoder, allowed=[shard])
-                    run["rows"][f"access set {{{shard}}}"] = _enc_eval(judge, only, condition, args, reference,
-                                                                       test_small, labels[test_rows], seed=2,
-                                                                       classes=classes)
+                    only = ComposedDecoder.from_index(index_dir, decoder=decoder, allowed=[shard], eta=args.eta,
+                                                      base_guidance=g)
+                    run["rows"][f"access set {{{shard}}}{tag}"] = _enc_eval(
+                        judge, only, condition, args, reference, test_small, labels[test_rows], seed=2,
+                        classes=classes)
             if len(shards) > 1:
                 from index import PrivateIndex
 
@@ -388,16 +401,17 @@ def _enc_dp(tmp, args, decoder, judge, condition, reference, test_small, labels,
     shards = {"s0": train_rows[labels[train_rows] < 5], "s1": train_rows[labels[train_rows] >= 5]}
     index_dir, book = _enc_index(tmp / "dp", shards, ledger_epsilon=4 * args.dp_epsilon)
     start = time.perf_counter()
-    trained = train_compartments(index_dir, book, epsilon=args.dp_epsilon, decoder=decoder, adapter=adapter,
+    dp_adapter = {k: adapter[k] for k in ("batch_size", "physical_batch_size", "lr")}  # DP defaults otherwise
+    trained = train_compartments(index_dir, book, epsilon=args.dp_epsilon, decoder=decoder, adapter=dp_adapter,
                                  classifier=classifier, _seed=7)
     out = {"epsilon_per_training": args.dp_epsilon, "train_seconds": round(time.perf_counter() - start, 1),
            "info": trained["info"], "rows": {}}
     for mode in ("posterior", "naive"):
-        composed = ComposedDecoder.from_index(index_dir, decoder=decoder, weights=mode)
+        composed = ComposedDecoder.from_index(index_dir, decoder=decoder, weights=mode, eta=args.eta)
         out["rows"][f"CDM {mode}"] = _enc_eval(judge, composed, condition, args, reference, test_small,
                                                labels[test_rows], seed=1, classes=[0, 1, 2, 3, 4])
     for shard, classes in (("s0", [0, 1, 2, 3, 4]), ("s1", [5, 6, 7, 8, 9])):
-        only = ComposedDecoder.from_index(index_dir, decoder=decoder, allowed=[shard])
+        only = ComposedDecoder.from_index(index_dir, decoder=decoder, allowed=[shard], eta=args.eta)
         out["rows"][f"access set {{{shard}}}"] = _enc_eval(judge, only, condition, args, reference, test_small,
                                                            labels[test_rows], seed=2, classes=classes)
     out["epsilon_spent"] = {n: book.status(n).epsilon_spent for n in shards}
@@ -426,8 +440,9 @@ def _enc_write(out_dir: Path, results: dict, t_start: float | None, name: str) -
     s = results["settings"]
     lines = ["# CDM with adapters of the bundled decoder on the bundled private digits (encoder space)", "",
              f"{s['train_digits']} private training digits in the shards, {s['test_digits']} held-out test digits; "
-             f"adapters: attention+conditioning, {s['adapters']}, {s['adapter']}; classifier {s['classifier']}; "
-             f"{s['samples']} samples per model, DDIM {s['sample_steps']} steps, condition: {s['condition']}; "
+             f"adapters: {s['adapters']}, {s['adapter']}; classifier {s['classifier']}; "
+             f"{s['samples']} samples per model, DDIM {s['sample_steps']} steps, sampler {s.get('sampler')}, "
+             f"condition: {s['condition']}; "
              f"judge: {s['judge']}; one torch thread on a shared 2-core machine; total "
              f"{results['total_seconds']:.0f} s.", "",
              "In-classes = the share of samples the judge puts in {0–4}, or in {5–9} for access set {s1}; "

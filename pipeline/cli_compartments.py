@@ -50,6 +50,13 @@ def train_cmd(
                                                        " at every DP scope.")] = None,
     non_private: Annotated[bool, typer.Option("--non-private",
                                               help="No noise: only for shards marked public/consented.")] = False,
+    trainable: Annotated[str | None, typer.Option("--trainable", metavar="MODE", show_default=False,
+                                                  help="Adapter parameters: attention, attention+conditioning, all or "
+                                                       "lora (default: attention+conditioning with --epsilon, all with "
+                                                       "--non-private).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", metavar="N", show_default=False,
+                                               help="Adapter epochs over each shard (default 3 with --epsilon, 10 with "
+                                                    "--non-private).")] = None,
     decoder: DecoderOption = None,
     ledger: LedgerOption = None,
     threads: ThreadsOption = None,
@@ -63,8 +70,9 @@ def train_cmd(
     idx = PrivateIndex.open(index)
     _threads(threads)
     book = None if (non_private and ledger is None and idx.ledger_binding is None) else index_ledger(idx, ledger)
+    adapter = {k: v for k, v in (("trainable", trainable), ("epochs", epochs)) if v is not None}
     out = train_compartments(idx, book, shards=shard or None, epsilon=epsilon, non_private=non_private,
-                             decoder=_decoder(decoder))
+                             decoder=_decoder(decoder), adapter=adapter)
     emit(out, json_mode=json_mode, human=lambda p: _human_info(p["info"]))
 
 

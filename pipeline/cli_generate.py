@@ -69,6 +69,11 @@ def generate(
                                           "'dprdm compartments train' first); --shard picks the access set.")] = False,
     weights: Annotated[str, typer.Option("--weights", metavar="MODE", help="With --compose: posterior (w = P(shard | x_t)) or "
                                          "naive (w = shard size, for comparison only).")] = "posterior",
+    eta: Annotated[float | None, typer.Option("--eta", metavar="ETA", help="With --compose: DDIM eta in [0, 1] (default 0; 1 = "
+                                              "ancestral sampling).", show_default=False)] = None,
+    base_guidance: Annotated[float | None, typer.Option("--base-guidance", metavar="G", help="With --compose: push the composition "
+                                                        "away from the public base decoder, eps_base + G (eps - eps_base) (default 1 "
+                                                        "= off).", show_default=False)] = None,
     threads: ThreadsOption = None,
     json_mode: JsonOption = False,
     engine: Annotated[str, typer.Option("--engine", metavar="ENGINE", help="local, or ray: each shard searched by a Ray actor "
@@ -79,15 +84,19 @@ def generate(
     """Generate images conditioned on a differentially private retrieval."""
     if (prompt is None) == (image is None):
         raise PipelineInputError("pass exactly one query: a PROMPT argument or --image PATH")
+    sampler = {k: v for k, v in (("eta", eta), ("base_guidance", base_guidance)) if v is not None}
+    if sampler and not compose:
+        raise PipelineInputError("--eta and --base-guidance apply to composed compartments only; add --compose")
     knobs = {"noise_level": noise_level, "embedding_norm": embedding_norm, "embedding_scaling": embedding_scaling,
              "public_embeddings": public_embeddings}
     payload = _run(prompt, index_dir, shard, image, n_images, lambda_, steps, guidance, out, ledger_path,
-                   decoder_dir, seed, threads, knobs, adapter, weights if compose else None, engine, ray_address)
+                   decoder_dir, seed, threads, knobs, adapter, weights if compose else None, engine, ray_address,
+                   sampler)
     emit(payload, json_mode=json_mode, human=_human)
 
 
 def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidance, out, ledger_path, decoder_dir,
-         seed, threads, knobs, adapter, compose, engine="local", ray_address=None) -> dict[str, Any]:
+         seed, threads, knobs, adapter, compose, engine="local", ray_address=None, sampler=None) -> dict[str, Any]:
     """Open everything, run one charged query and write the outputs (only after the charge committed)."""
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -101,7 +110,7 @@ def _run(prompt, index_dir, shards, image_path, n_images, lambda_, steps, guidan
     _check_out(out)
     pipe = DPRDMPipeline.from_index_dir(index_dir, ledger=ledger_path, decoder=decoder_dir, shards=shards or None,
                                         threads=threads, decoder_options=knobs, adapter=adapter, compose=compose,
-                                        engine=engine, ray_address=ray_address)
+                                        engine=engine, ray_address=ray_address, compose_sampler=sampler)
     if decoder_dir is None and adapter is None and compose is None:
         _warn_if_far_from_bundled(pipe.encoder, prompt, query_image)
     torch_generator = None if seed is None else torch.Generator().manual_seed(seed)

@@ -185,6 +185,7 @@ class DPRDMPipeline:
         compose: str | None = None,
         engine: str = "local",
         ray_address: str | None = None,
+        compose_sampler: dict[str, float] | None = None,
     ) -> DPRDMPipeline:
         """Open an index, its ledger, its encoder and a decoder, checking everything that can refuse a query.
 
@@ -210,6 +211,8 @@ class DPRDMPipeline:
             engine (`str`, *optional*, defaults to ``"local"``): ``"ray"`` searches each shard in a Ray actor
                 (:class:`pipeline.scale.ray_shards.RayShardRetriever`, same mechanism; needs ``dprdm[scale]``),
                 joining ``ray_address`` or starting a local Ray.
+            compose_sampler (`dict`, *optional*): with ``compose``, the composed sampler's ``eta`` and
+                ``base_guidance`` (:class:`pipeline.compartments.ComposedDecoder`).
 
         Returns:
             `DPRDMPipeline`
@@ -247,7 +250,8 @@ class DPRDMPipeline:
         if compose is not None:  # CDM: the targeted shards' compartments composed with w = P(shard | x_t)
             from pipeline.compartments import ComposedDecoder
 
-            decoder = ComposedDecoder.from_index(index.path, decoder=decoder, allowed=retriever.shards, weights=compose)
+            decoder = ComposedDecoder.from_index(index.path, decoder=decoder, allowed=retriever.shards, weights=compose,
+                                                 **(compose_sampler or {}))
         encoder = index.load_encoder(num_threads=threads)
         return cls(retriever, encoder, decoder)
 

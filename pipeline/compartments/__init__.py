@@ -12,7 +12,8 @@ Public API::
                        decoder=None, adapter=None, classifier=None) -> dict
     forget(index, shard, ledger, *, ids=None, sources=None, decoder=None) -> {"shard", "removed", "retrained",
         "unchanged", "adapter_sha256", "seconds", "full_retrain_seconds_estimate"}
-    ComposedDecoder.from_index(index_dir, *, decoder=None, allowed=None, weights="posterior"|"naive")
+    ComposedDecoder.from_index(index_dir, *, decoder=None, allowed=None, weights="posterior"|"naive", eta=0.0,
+                               base_guidance=1.0)
         .generate(conditions, ...) -> images ; .shard_weights ; .weight_trajectory
     Compartments(index_dir) (store: .verify(), .info(), .adapter_hashes()), mark_public(index_dir, shard, note=)
     compartments_lock(index_dir): the writers' exclusive lock; a second writer gets CompartmentsBusy (exit 3)

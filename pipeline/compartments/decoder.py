@@ -3,7 +3,12 @@
 At each DDIM step, for every ALLOWED shard i, the adapted UNet predicts ε_i(x_t, t, c) and ε_i(x_t, t, ∅); the
 weights w^A(x_t, t) come from the shard classifier (or λ for ``weights="naive"``), renormalised over the access
 set; the composed predictions ε̂(c) = Σ w_i ε_i(c), ε̂(∅) = Σ w_i ε_i(∅) are guided, ε̃ = ε̂(∅) + s (ε̂(c) − ε̂(∅)),
-and the scheduler steps with ε̃. ``shard_weights`` after :meth:`generate` is the mean of w over the trajectory and
+and the scheduler steps with ε̃. Two sampler options (defaults: the plain composition above): ``eta`` is DDIM's η
+(0 deterministic, 1 the DDPM-like ancestral step, whose fresh noise corrects the tiny decoder's errors), and
+``base_guidance`` g applies ε̂ ← ε_base + g (ε̂ − ε_base) with the PUBLIC base decoder's ε_base before the
+classifier-free guidance: g > 1 pushes samples away from the public distribution towards the allowed shards'
+("autoguidance" with the base as the weaker model, Karras et al. 2024); g = 1 never evaluates the base. Neither
+reads another shard's adapter. ``shard_weights`` after :meth:`generate` is the mean of w over the trajectory and
 the batch: the shard-level attribution of that generation. Everything here is post-processing of DP releases
 (adapters, classifier) and may be seeded freely.
 """
@@ -21,7 +26,16 @@ from pipeline.compartments.compose import WeightMode, compose_eps, guide, naive_
 from pipeline.decoders.base import check_generate_args
 from pipeline.errors import PipelineInputError
 
-__all__ = ["ComposedDecoder"]
+__all__ = ["ComposedDecoder", "check_sampler"]
+
+
+def check_sampler(eta: float, base_guidance: float) -> tuple[float, float]:
+    """The one validator of the composed sampler's options (``--eta``, ``--base-guidance``)."""
+    if not (isinstance(eta, int | float) and 0.0 <= eta <= 1.0):
+        raise PipelineInputError(f"--eta must be in [0, 1] (DDIM's eta); found {eta!r}")
+    if not (isinstance(base_guidance, int | float) and 1.0 <= base_guidance <= 10.0):
+        raise PipelineInputError(f"--base-guidance must be in [1, 10] (1 = plain composition); found {base_guidance!r}")
+    return float(eta), float(base_guidance)
 
 
 class ComposedDecoder:
@@ -34,12 +48,15 @@ class ComposedDecoder:
         posterior: a :class:`ShardPosterior` over the same names (required for ``weights="posterior"``).
         weights: "posterior" or "naive".
         allowed: the access set (default: every shard).
+        eta: DDIM η in [0, 1] (0 = deterministic DDIM, 1 = ancestral sampling).
+        base_guidance: g ≥ 1 in ε_base + g (ε̂ − ε_base) (1 = the plain composition).
     """
 
     def __init__(self, base, adapters: Mapping[str, object | Callable[[], object]], sizes: Mapping[str, int], *,
                  posterior=None, weights: WeightMode | str = WeightMode.POSTERIOR,
-                 allowed: Sequence[str] | None = None) -> None:
+                 allowed: Sequence[str] | None = None, eta: float = 0.0, base_guidance: float = 1.0) -> None:
         self.base = base
+        self.eta, self.base_guidance = check_sampler(eta, base_guidance)
         self.names = list(sizes)
         self.mode = WeightMode.parse(weights)
         unknown = sorted(set(allowed or []) - set(self.names))
@@ -67,7 +84,8 @@ class ComposedDecoder:
 
     @classmethod
     def from_index(cls, index_dir: str | Path, *, decoder=None, allowed: Sequence[str] | None = None,
-                   weights: WeightMode | str = WeightMode.POSTERIOR) -> ComposedDecoder:
+                   weights: WeightMode | str = WeightMode.POSTERIOR, eta: float = 0.0,
+                   base_guidance: float = 1.0) -> ComposedDecoder:
         """Load the compartments stored in an index (allowed adapters and the classifier verified first).
 
         Raises:
@@ -87,6 +105,7 @@ class ComposedDecoder:
         if unknown:
             raise PipelineInputError(f"no compartment for shard(s) {', '.join(unknown)}; known: {', '.join(names)}")
         mode = WeightMode.parse(weights)
+        check_sampler(eta, base_guidance)
         store.verify(allow, classifier=mode is WeightMode.POSTERIOR)
         if decoder is None:
             from pipeline.decoders import TinyDecoder
@@ -95,7 +114,8 @@ class ComposedDecoder:
         posterior = ShardPosterior.from_bytes(*store.classifier_bytes()) if mode is WeightMode.POSTERIOR else None
         sizes = {n: int(store.shards[n]["records"]) for n in names}
         loaders = {n: (lambda n=n: load_adapter(decoder, store.adapter_dir(n))) for n in allow}
-        composed = cls(decoder, loaders, sizes, posterior=posterior, weights=mode, allowed=allow)
+        composed = cls(decoder, loaders, sizes, posterior=posterior, weights=mode, allowed=allow, eta=eta,
+                       base_guidance=base_guidance)
         composed.adapter_sha256 = {n: store.shards[n]["sha256"] for n in allow}
         if mode is WeightMode.POSTERIOR:
             composed.adapter_sha256["classifier"] = store.classifier["sha256"]
@@ -134,12 +154,20 @@ class ComposedDecoder:
 
         body = {"base": getattr(self.base, "sha256", None), "mode": self.mode.value, "allowed": self.allowed,
                 "parts": self.adapter_sha256}
+        if (self.eta, self.base_guidance) != (0.0, 1.0):
+            body["sampler"] = {"eta": self.eta, "base_guidance": self.base_guidance}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    def _compose(self, eps: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+        """Σ_i w_i ε_i over the allowed shards, then ε_base + g (· − ε_base) when the base is the last entry."""
+        if self.base_guidance == 1.0:
+            return compose_eps(eps, w)
+        return guide(eps[-1], compose_eps(eps[:-1], w), self.base_guidance)
 
     @torch.no_grad()
     def generate(self, conditions: torch.Tensor, *, num_images_per_condition: int = 1, steps: int = 25,
                  guidance_scale: float = 2.0, generator: torch.Generator | None = None) -> list[Image.Image]:
-        """DDIM (η = 0) over the composed ε with classifier-free guidance on the composition (see module doc)."""
+        """DDIM (η = ``self.eta``) over the composed ε, base guidance, then classifier-free guidance (module doc)."""
         from diffusers import DDIMScheduler
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -160,15 +188,15 @@ class ComposedDecoder:
             w = self.weights(latents, torch.full((len(latents),), int(t), dtype=torch.long))
             self.weight_trajectory.append((int(t), w.mean(dim=0).tolist()))
             model_in = torch.cat([latents, latents]) if use_cfg else latents
-            eps = [self.decoders[n].unet(model_in, t, encoder_hidden_states=context[:, None, :],
-                                         class_labels=context).sample for n in self.allowed]
-            if use_cfg:
-                uncond = compose_eps([e.chunk(2)[0] for e in eps], w.float())
-                condi = compose_eps([e.chunk(2)[1] for e in eps], w.float())
-                composed = guide(uncond, condi, guidance_scale)
-            else:
-                composed = compose_eps(eps, w.float())
-            latents = scheduler.step(composed, t, latents, eta=0.0, generator=generator).prev_sample
+            unets = [self.decoders[n].unet for n in self.allowed]
+            if self.base_guidance != 1.0:
+                unets.append(self.base.unet)
+            eps = [unet(model_in, t, encoder_hidden_states=context[:, None, :], class_labels=context).sample
+                   for unet in unets]
+            halves = [[e.chunk(2)[k] for e in eps] for k in (0, 1)] if use_cfg else [eps]
+            parts = [self._compose(half, w.float()) for half in halves]
+            composed = guide(parts[0], parts[1], guidance_scale) if use_cfg else parts[0]
+            latents = scheduler.step(composed, t, latents, eta=self.eta, generator=generator).prev_sample
         mean = np.mean([w for _, w in self.weight_trajectory], axis=0)
         self.shard_weights = {n: float(v) for n, v in zip(self.allowed, mean, strict=True)}
         pixels = ((latents.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()

@@ -28,11 +28,18 @@ if TYPE_CHECKING:
     from accountant import Ledger
     from index import PrivateIndex
 
-__all__ = ["ADAPTER_DEFAULTS", "CLASSIFIER_DEFAULTS", "decoder_alphas_cumprod", "forget", "train_compartments"]
+__all__ = ["ADAPTER_DEFAULTS", "CLASSIFIER_DEFAULTS", "PUBLIC_ADAPTER_DEFAULTS", "decoder_alphas_cumprod", "forget", "train_compartments"]
 
-#: adapter kind and settings (attention+conditioning: DP-LDM's choice, the finetune path's; see the README text)
+#: DP adapters: attention+conditioning (DP-LDM's choice: few parameters, so DP-SGD's noise, whose norm grows with
+#: the parameter count, stays small; the finetune path's), 3 epochs
 ADAPTER_DEFAULTS: dict[str, Any] = {"trainable": "attention+conditioning", "max_grad_norm": 1e-2, "lr": 1e-3,
                                     "batch_size": 64, "physical_batch_size": 32, "epochs": 3, "steps": None}
+#: --non-private adapters (public/consented shards): every UNet parameter, 10 epochs, the condition dropped for 90 %
+#: of the records (compartments are sampled from one generic condition, so they must learn the shard's own
+#: unconditional distribution); measured best for access-set purity (README, "Compartments")
+PUBLIC_ADAPTER_DEFAULTS: dict[str, Any] = {"trainable": "all", "max_grad_norm": 1e-2, "lr": 1e-3, "batch_size": 64,
+                                           "physical_batch_size": 64, "epochs": 10, "steps": None,
+                                           "cond_drop_prob": 0.9}
 CLASSIFIER_DEFAULTS: dict[str, Any] = {"max_grad_norm": 1.0, "lr": 2e-3, "batch_size": 64, "steps": 300,
                                        "hidden": 128}
 
@@ -264,7 +271,8 @@ def train_compartments(
         non_private: train without noise; refused unless every requested shard is marked public/consented.
         classifier_epsilon: epsilon of the classifier's training at every DP scope (default ``epsilon``).
         decoder: the public base decoder (default: the bundled tiny decoder).
-        adapter, classifier: overrides of :data:`ADAPTER_DEFAULTS` / :data:`CLASSIFIER_DEFAULTS`.
+        adapter, classifier: overrides of :data:`ADAPTER_DEFAULTS` (DP) or :data:`PUBLIC_ADAPTER_DEFAULTS`
+            (``non_private``) / :data:`CLASSIFIER_DEFAULTS`.
         _seed: TEST HOOK ONLY (a known seed voids the guarantee).
 
     Returns:
@@ -314,7 +322,7 @@ def _train_locked(index: PrivateIndex, ledger: Ledger | None, *, shards, epsilon
         from pipeline.ledgers import require_own_ledger
 
         require_own_ledger(index, ledger)
-    adapter_settings = dict(ADAPTER_DEFAULTS, **(adapter or {}))
+    adapter_settings = dict(PUBLIC_ADAPTER_DEFAULTS if non_private else ADAPTER_DEFAULTS, **(adapter or {}))
     clf_settings = dict(CLASSIFIER_DEFAULTS, **(classifier or {}))
     clf_epsilon = classifier_epsilon if classifier_epsilon is not None else epsilon
     counts = {n: int(index.shard(n).num_records) for n in sorted(set(store.shards) | set(names))}

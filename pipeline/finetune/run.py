@@ -112,6 +112,7 @@ def finetune(
     steps: int | None = None,
     optimizer: str = "adamw",
     lora_rank: int = 4,
+    cond_drop_prob: float = 0.1,
     caller: str | None = None,
     _seed: int | None = None,
 ) -> FineTuneResult:
@@ -126,8 +127,8 @@ def finetune(
         epsilon: epsilon of the training alone at the scope's delta (calibrates z). Exactly one of
             ``epsilon`` and ``noise_multiplier``.
         noise_multiplier: z directly (``--sigma``).
-        trainable, max_grad_norm, lr, batch_size, physical_batch_size, epochs, steps, optimizer, lora_rank:
-            see :class:`DPFineTuner`.
+        trainable, max_grad_norm, lr, batch_size, physical_batch_size, epochs, steps, optimizer, lora_rank,
+            cond_drop_prob: see :class:`DPFineTuner`.
         caller: label recorded with the charge.
         _seed: TEST HOOK ONLY, not part of the API: seeds every random draw (a known seed voids the guarantee).
 
@@ -154,7 +155,7 @@ def finetune(
         decoder = TinyDecoder.from_pretrained()
     tuner = DPFineTuner(decoder, trainable=trainable, max_grad_norm=max_grad_norm, lr=lr, batch_size=batch_size,
                         physical_batch_size=physical_batch_size, epochs=epochs, steps=steps, optimizer=optimizer,
-                        lora_rank=lora_rank)
+                        lora_rank=lora_rank, cond_drop_prob=cond_drop_prob)
     out = check_out_dir(out_dir)
     if not isinstance(index, PrivateIndex):
         index = PrivateIndex.open(index)

@@ -24,7 +24,7 @@ def _app() -> typer.Typer:
 def test_cli_mark_public_train_info_forget(corpus, decoder_dir, monkeypatch):
     from pipeline.compartments import train as train_mod
 
-    monkeypatch.setitem(train_mod.ADAPTER_DEFAULTS, "steps", 1)
+    monkeypatch.setitem(train_mod.PUBLIC_ADAPTER_DEFAULTS, "steps", 1)
     monkeypatch.setitem(train_mod.CLASSIFIER_DEFAULTS, "steps", 3)
     monkeypatch.setitem(train_mod.CLASSIFIER_DEFAULTS, "hidden", 16)
     app, runner, index = _app(), CliRunner(), str(corpus / "index")
@@ -37,8 +37,15 @@ def test_cli_mark_public_train_info_forget(corpus, decoder_dir, monkeypatch):
     ok = runner.invoke(app, ["compartments", "train", "--index", index, "--non-private", "--decoder",
                              str(decoder_dir), "--json"])
     assert ok.exit_code == 0, ok.output
+    ok = runner.invoke(app, ["compartments", "train", "--index", index, "--non-private", "--shard", "a",
+                             "--trainable", "attention", "--decoder", str(decoder_dir), "--json"])
+    assert ok.exit_code == 0, ok.output
     info = runner.invoke(app, ["compartments", "info", "--index", index, "--json"])
-    assert set(json.loads(info.output)["shards"]) == {"a", "b"}
+    shards = json.loads(info.output)["shards"]
+    assert set(shards) == {"a", "b"} and (shards["a"]["trainable"], shards["b"]["trainable"]) == ("attention", "all")
+    bad = runner.invoke(app, ["compartments", "train", "--index", index, "--non-private", "--trainable", "everything",
+                              "--decoder", str(decoder_dir)])
+    assert bad.exit_code != 0 and "unknown trainable mode" in str(bad.exception)
     human = runner.invoke(app, ["compartments", "info", "--index", index])
     assert "no DP guarantee" in human.output
     from index import PrivateIndex
@@ -58,7 +65,7 @@ def test_generate_compose_reports_shard_weights(corpus, decoder_dir, monkeypatch
     from pipeline.cli import app
     from pipeline.compartments import train as train_mod
 
-    monkeypatch.setitem(train_mod.ADAPTER_DEFAULTS, "steps", 1)
+    monkeypatch.setitem(train_mod.PUBLIC_ADAPTER_DEFAULTS, "steps", 1)
     monkeypatch.setitem(train_mod.CLASSIFIER_DEFAULTS, "steps", 3)
     monkeypatch.setitem(train_mod.CLASSIFIER_DEFAULTS, "hidden", 16)
     runner, index = CliRunner(), str(corpus / "index")
@@ -80,5 +87,13 @@ def test_generate_compose_reports_shard_weights(corpus, decoder_dir, monkeypatch
     only_a = runner.invoke(app, [*args, "--shard", "a", "--weights", "naive", "--out", str(tmp_path / "a")])
     assert only_a.exit_code == 0, only_a.stderr
     assert json.loads(only_a.stdout)["shard_weights"] == {"a": 1.0}
+    guided = runner.invoke(app, [*args, "--shard", "b", "--eta", "1", "--base-guidance", "1.5",
+                                 "--out", str(tmp_path / "g")])
+    assert guided.exit_code == 0, guided.stderr
+    assert json.loads(guided.stdout)["shard_weights"] == {"b": 1.0}
+    for bad, match in ((["--eta", "1"], "add --compose"), (["--compose", "--eta", "2"], "--eta must be in")):
+        refused = runner.invoke(app, ["generate", "a digit", "--index", index, "--decoder", str(decoder_dir),
+                                      "--out", str(tmp_path / "r"), *bad])
+        assert refused.exit_code == 2 and match in refused.stderr and not (tmp_path / "r").exists()
     with Ledger(corpus / "index" / "budget.sqlite", read_only=True) as ledger:
-        assert len(ledger.history()) == 3  # two scopes charged by the first query, one by the second
+        assert len(ledger.history()) == 4  # two scopes charged by the first query, one by each later one

@@ -1,15 +1,12 @@
-"""Digits shards {0-4} | {5-9} with REAL compartments: adapters of the bundled decoder, judged in encoder space.
+"""Digits shards {0-4} | {5-9} with REAL compartments: adapters of the bundled decoder, judged by a CNN.
 
-The bundled private MNIST digits (40 per class) in a two-shard index; ``train_compartments`` trains an
-``attention+conditioning`` adapter of the bundled tiny decoder per shard and the shard classifier (non-private:
-both shards are marked public for this test). Samples (DDIM 20 steps, guidance 1, condition = the unit mean of the
-encoder embeddings of the public half) are judged by a logistic regression on the bundled encoder's embeddings of
-the PUBLIC half (:class:`pipeline.compartments.digits.EncoderJudge`). Seeded; figures in the README.
-
-Measured (200 samples each; ``CDM_FIGURES=1 pytest -s`` prints them): {0-4} share of the bundled decoder 0.67, of
-access set {a} 0.85; {5-9} share of {b} 0.345; with both shards, posterior 0.765 (ambiguous 0.26) vs naive 0.755
-(ambiguous 0.305). The adapters move the samples towards their shard's classes, but far from the toy ε-MLPs' ≥ 95 %
-(``test_digits_shards.py``): see the README's limits.
+The bundled private MNIST digits of each half (PER_CLASS per class) in a two-shard index, both shards marked public
+for the test; ``train_compartments`` with the ``--non-private`` defaults (every UNet parameter, 10 epochs, condition
+dropout 0.9) and the shard classifier (300 steps). Samples: 200 per model, the public condition (the unit mean of the
+encoder embeddings of the public half), guidance 1, DDIM 50 steps with η = 1; the access sets also with base
+guidance g = 1.5 and 2 (ε_base + g (ε_A − ε_base), the public base decoder as the weaker model). The judge is
+:class:`pipeline.compartments.digits.DigitsJudge`, a small CNN trained on the PUBLIC half (0.986 / 0.976 of the real
+{0-4} / {5-9} digits land in their half). Seeded; ``CDM_FIGURES=1 pytest -s`` prints the figures (README).
 """
 
 from __future__ import annotations
@@ -20,10 +17,11 @@ import os
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.drill]  # ~11 min on one thread: CI runs it, a local `make test` skips it
 
-PER_CLASS = 40
+PER_CLASS = 250
 SAMPLES = 200
+SAMPLER = {"eta": 1.0, "steps": 50}
 
 
 @pytest.fixture(scope="module")
@@ -43,37 +41,44 @@ def figures(tmp_path_factory):
     for name in ("a", "b"):
         mark_public(root / "index", name, note="test: non-private adapters on bundled digits")
     decoder = TinyDecoder.from_pretrained()
-    train_compartments(root / "index", None, non_private=True, decoder=decoder,
-                       adapter={"steps": 30, "batch_size": 64, "physical_batch_size": 64, "lr": 1e-3},
-                       classifier={"steps": 300}, _seed=0)
-    encoder = load_encoder(num_threads=1)
-    judge = digits.EncoderJudge(encoder, decoder.image_size)
-    condition = digits.public_condition(encoder)
+    train_compartments(root / "index", None, non_private=True, decoder=decoder, classifier={"steps": 300}, _seed=0)
+    judge = digits.DigitsJudge(None, decoder.image_size)
+    condition = digits.public_condition(load_encoder(num_threads=1))
 
     def judged(model, classes) -> dict[str, float]:
-        return judge.report(digits.sample_composed(model, condition, SAMPLES, seed=0), classes=classes)
+        samples = digits.sample_composed(model, condition, SAMPLES, steps=SAMPLER["steps"], seed=0)
+        return judge.report(samples, classes=classes)
 
-    out = {"base": judged(decoder, range(5))}
+    base = ComposedDecoder(decoder, {"base": decoder}, {"base": 1}, weights="naive", eta=SAMPLER["eta"])
+    out = {"base": judged(base, range(5))}
     for name, classes in (("a", range(5)), ("b", range(5, 10))):
-        out[f"only_{name}"] = judged(ComposedDecoder.from_index(root / "index", decoder=decoder, allowed=[name]),
-                                     classes)
+        for g in (1.0, 1.5, 2.0):
+            only = ComposedDecoder.from_index(root / "index", decoder=decoder, allowed=[name], eta=SAMPLER["eta"],
+                                              base_guidance=g)
+            out[f"only_{name}_g{g:g}"] = judged(only, classes)
     for mode in ("posterior", "naive"):
-        out[mode] = judged(ComposedDecoder.from_index(root / "index", decoder=decoder, weights=mode), range(5))
+        both = ComposedDecoder.from_index(root / "index", decoder=decoder, weights=mode, eta=SAMPLER["eta"])
+        out[mode] = judged(both, range(5))
     if os.environ.get("CDM_FIGURES"):
         print(json.dumps(out))
     return out
 
 
-def test_access_set_moves_samples_towards_the_allowed_shards_classes(figures):
-    """{a} puts more samples in {0-4} than the bundled decoder and than {b} (seeded: 0.85 vs 0.67 and 0.655)."""
-    in_a_only_a = figures["only_a"]["in_classes"]
-    in_a_only_b = 1.0 - figures["only_b"]["in_classes"]
-    assert in_a_only_a >= figures["base"]["in_classes"] + 0.1
-    assert in_a_only_a >= in_a_only_b + 0.1
+def test_access_sets_keep_their_shards_classes_far_above_the_bundled_decoder(figures):
+    """Each access set's samples stay in its shard's classes: >= 0.85, and >= the bundled decoder's share + 0.3.
+
+    Seeded figures (README): {a} 0.935 / 0.92 / 0.875 and {b} 0.90 / 0.945 / 0.955 at g = 1 / 1.5 / 2, against the
+    bundled decoder's 0.465 / 0.535. The issue's 0.95 is not reached by both at any g: see the README's limits.
+    """
+    base_a = figures["base"]["in_classes"]
+    for g in ("1", "1.5", "2"):
+        assert figures[f"only_a_g{g}"]["in_classes"] >= max(0.85, base_a + 0.3)
+        assert figures[f"only_b_g{g}"]["in_classes"] >= max(0.85, (1.0 - base_a) + 0.3)
 
 
-def test_composition_of_both_shards_lies_between_the_access_sets(figures):
-    """With both shards allowed the {0-4} share lies between {b}'s and {a}'s (seeded: posterior 0.765)."""
-    low, high = 1.0 - figures["only_b"]["in_classes"], figures["only_a"]["in_classes"]
-    for mode in ("posterior", "naive"):
-        assert low - 0.05 <= figures[mode]["in_classes"] <= high + 0.05
+def test_naive_composition_makes_more_hybrids_than_the_posterior(figures):
+    """Ambiguous samples (mass on {0-4} in (0.2, 0.8)): naive 0.28 vs posterior 0.10 (seeded); the posterior's
+    {0-4} share lies between the two access sets'."""
+    assert figures["naive"]["ambiguous"] >= 1.5 * figures["posterior"]["ambiguous"]
+    low, high = 1.0 - figures["only_b_g1"]["in_classes"], figures["only_a_g1"]["in_classes"]
+    assert low - 0.05 <= figures["posterior"]["in_classes"] <= high + 0.05

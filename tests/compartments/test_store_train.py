@@ -207,3 +207,32 @@ def test_public_shard_beside_a_dp_one_needs_the_classifier_epsilon_before_anythi
     assert out["info"]["shards"]["a"]["guarantee"] == "dp"
     assert out["classifier"]["dp"]["scopes"] == ["a"]  # the public shard is pooled but not charged
     assert ledger.status("b").epsilon_spent == spent["b"]
+
+
+def test_sampler_options_base_guidance_and_eta(corpus, ledger, decoder):
+    """g > 1 evaluates the public base and applies ε_base + g (ε̂ − ε_base); η > 0 is seeded; bad values refused."""
+    import numpy as np
+
+    _train(corpus, ledger, decoder)
+    plain = ComposedDecoder.from_index(corpus / "index", decoder=decoder, allowed=["a"])
+    guided = ComposedDecoder.from_index(corpus / "index", decoder=decoder, allowed=["a"], eta=1.0, base_guidance=2.0)
+    calls = []
+    hook = decoder.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        cond = torch.zeros(1, decoder.condition_dim)
+        plain.generate(cond, steps=3, generator=torch.Generator().manual_seed(0))
+        assert calls == []  # g = 1: the base decoder is never evaluated
+        runs = [guided.generate(cond, num_images_per_condition=2, steps=3, guidance_scale=1.0,
+                                generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+        assert len(calls) == 9
+    finally:
+        hook.remove()
+    pixels = [np.stack([np.asarray(im) for im in run]) for run in runs]
+    assert np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[0], pixels[2])
+    eps = [torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    w = torch.ones(2, 1)
+    assert torch.allclose(guided._compose(eps, w), eps[1] + 2.0 * (eps[0] - eps[1]))
+    assert guided.sha256 != plain.sha256
+    for kwargs, match in (({"eta": 1.5}, "--eta must be in"), ({"base_guidance": 0.5}, "--base-guidance must be")):
+        with pytest.raises(PipelineInputError, match=match):
+            ComposedDecoder.from_index(corpus / "index", decoder=decoder, allowed=["a"], **kwargs)

@@ -42,8 +42,9 @@ def _charges(ledger_path: Path) -> int:
         ({"epsilon": 3.0, "noise_multiplier": 1.0}, PipelineInputError, "exactly one of --epsilon"),
         ({}, PipelineInputError, "exactly one of --epsilon"),
         ({"epsilon": -1.0}, PipelineInputError, "epsilon must be"),
+        ({"epsilon": 3.0, "cond_drop_prob": 1.0}, PipelineInputError, "cond_drop_prob must be in"),
     ],
-    ids=["C0", "mode", "batch>records", "both", "neither", "eps<0"],
+    ids=["C0", "mode", "batch>records", "both", "neither", "eps<0", "drop=1"],
 )
 def test_bad_input_refused_before_any_charge(shared_index, decoder, ledger, tmp_path, kwargs, error, match) -> None:
     with pytest.raises(error, match=match) as err:
@@ -100,7 +101,7 @@ def test_all_sources_gone_refused(corpus, decoder, ledger, tmp_path) -> None:
 # -- with the multi-event ledger ------------------------------------------------------------------------------
 def test_finetune_charges_once_and_writes_the_adapter(shared_index, decoder, ledger, tmp_path) -> None:
     result = finetune(shared_index, "default", ledger, tmp_path / "adapter", decoder=decoder, epsilon=3.0,
-                      trainable="attention+conditioning", **FAST)
+                      trainable="attention+conditioning", cond_drop_prob=0.9, **FAST)
     out = result.to_dict()
     assert set(out) >= JSON_KEYS and json.loads(json.dumps(out)) == out
     assert result.epsilon <= 3.0 and result.records == 200 and result.steps == 2
@@ -113,6 +114,7 @@ def test_finetune_charges_once_and_writes_the_adapter(shared_index, decoder, led
     manifest = read_manifest(result.adapter)
     assert manifest["receipt"] == result.receipt["group_id"] and manifest["shard"] == "default"
     assert manifest["records"]["trained"] == 200 and manifest["dp"]["epsilon"] == result.epsilon
+    assert manifest["conditioning"]["drop_prob"] == 0.9
     assert decoder.load_adapter(result.adapter) is not None
 
 
