@@ -172,7 +172,11 @@ def main(argv=None) -> int:
     enc.add_argument("--per-class", type=int, default=None, help="private training digits per class (default all)")
     enc.add_argument("--out-name", default="compartments_encoder", help="results file stem")
     enc.add_argument("--dp-epsilon", type=float, default=None, help="also a DP class split at this epsilon")
+    enc.add_argument("--figures", action="store_true",
+                     help="only the README's sample grid and w(t) plot of real adapters (class split, all digits)")
     args = parser.parse_args(argv)
+    if args.figures:
+        return figures_main(args)
     if args.encoder:
         return encoder_main(args)
     args.steps = 1500 if args.quick else 3000
@@ -388,6 +392,80 @@ def encoder_main(args) -> int:
             results["dp_class_split"] = _enc_dp(tmp, args, decoder, judge, condition, reference, test_small,
                                                 labels, train_rows, test_rows, adapter, classifier)
             _enc_write(out_dir, results, t_start, args.out_name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def figures_main(args) -> int:
+    """``--figures``: docs/compartments_adapters_grid.png and docs/compartments_adapters_weights.png.
+
+    Two shards {0-4} | {5-9} of all 2,500 bundled private digits, ``--non-private`` default compartments through the
+    product path, 16 samples per row (DDIM ``--sample-steps``, η = ``--eta``, the public condition, guidance 1):
+    bundled decoder, {a} at g = 1 and ``--base-guidance``, {b} likewise, both shards posterior and naive. The w(t)
+    plot: the posterior's mean weight of the shard each of 128 samples ends in (judged by the CNN), along t.
+    """
+    import shutil
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from index import load_encoder
+    from pipeline.compartments import ComposedDecoder, digits, train_compartments
+    from pipeline.data import load_mnist_split
+    from pipeline.decoders import TinyDecoder
+
+    torch.set_num_threads(1)
+    labels = load_mnist_split().private_labels
+    decoder = TinyDecoder.from_pretrained()
+    condition = digits.public_condition(load_encoder(num_threads=1))
+    tmp = Path(tempfile.mkdtemp(prefix="cdm-fig-"))
+    try:
+        index_dir, _ = _enc_index(tmp, {"a": np.flatnonzero(labels < 5), "b": np.flatnonzero(labels >= 5)})
+        train_compartments(index_dir, None, non_private=True, decoder=decoder, classifier={"steps": 300}, _seed=0)
+        g = args.base_guidance
+        models = [("bundled decoder", ComposedDecoder(decoder, {"base": decoder}, {"base": 1}, weights="naive",
+                                                      eta=args.eta))]
+        for name in ("a", "b"):
+            for gg in (1.0, g):
+                models.append((f"{{{name}}} g={gg:g}", ComposedDecoder.from_index(
+                    index_dir, decoder=decoder, allowed=[name], eta=args.eta, base_guidance=gg)))
+        for mode in ("posterior", "naive"):
+            models.append((f"{{a,b}} {mode}", ComposedDecoder.from_index(index_dir, decoder=decoder, weights=mode,
+                                                                         eta=args.eta)))
+        rows = [np.concatenate(list(digits.sample_composed(m, condition, 16, steps=args.sample_steps, seed=5)), 1)
+                for _, m in models]
+        fig, axes = plt.subplots(len(rows), 1, figsize=(8, 0.62 * len(rows)))
+        for ax, (label, _), row in zip(axes, models, rows, strict=True):
+            ax.imshow(row, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(ROOT / "docs" / "compartments_adapters_grid.png", dpi=110)
+        posterior = ComposedDecoder.from_index(index_dir, decoder=decoder, eta=args.eta)
+        curves, own_weights = [], posterior.weights
+        posterior.weights = lambda x, t: curves.append((int(t[0]), own_weights(x, t))) or curves[-1][1]
+        half_a = digits.DigitsJudge(None, decoder.image_size).labels(
+            digits.sample_composed(posterior, condition, 128, steps=args.sample_steps, seed=9)) < 5
+        mask = torch.from_numpy(half_a)
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        ts = [t for t, _ in curves]
+        ax.plot(ts, [w[mask, 0].mean().item() for _, w in curves], label="samples judged {0-4}: mean w_a")
+        ax.plot(ts, [w[~mask, 1].mean().item() for _, w in curves], label="samples judged {5-9}: mean w_b")
+        ax.invert_xaxis()
+        ax.set_xlabel("timestep t (sampling runs right to left)")
+        ax.set_ylabel("weight of the sample's own shard")
+        ax.legend(fontsize=8)
+        ax.set_title("CDM posterior weights, real adapters {0-4} | {5-9}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(ROOT / "docs" / "compartments_adapters_weights.png", dpi=110)
+        print(json.dumps({"rows": [label for label, _ in models], "judged_a": int(half_a.sum()),
+                          "final_own_weight": [curves[-1][1][mask, 0].mean().item(),
+                                               curves[-1][1][~mask, 1].mean().item()]}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
