@@ -448,7 +448,13 @@ def figures_main(args) -> int:
         fig.savefig(ROOT / "docs" / "compartments_adapters_grid.png", dpi=110)
         posterior = ComposedDecoder.from_index(index_dir, decoder=decoder, eta=args.eta)
         curves, own_weights = [], posterior.weights
-        posterior.weights = lambda x, t: curves.append((int(t[0]), own_weights(x, t))) or curves[-1][1]
+
+        def recorded(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            """The posterior's per-sample weights (``weight_trajectory`` keeps only batch means)."""
+            curves.append((int(t[0]), own_weights(x, t)))
+            return curves[-1][1]
+
+        posterior.weights = recorded
         half_a = digits.DigitsJudge(None, decoder.image_size).labels(
             digits.sample_composed(posterior, condition, 128, steps=args.sample_steps, seed=9)) < 5
         mask = torch.from_numpy(half_a)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from accountant import Ledger
     from index import PrivateIndex
 
-__all__ = ["ADAPTER_DEFAULTS", "CLASSIFIER_DEFAULTS", "PUBLIC_ADAPTER_DEFAULTS", "decoder_alphas_cumprod", "forget", "train_compartments"]
+__all__ = ["ADAPTER_DEFAULTS", "CLASSIFIER_DEFAULTS", "PUBLIC_ADAPTER_DEFAULTS", "decoder_alphas_cumprod", "forget",
+           "train_compartments"]
 
 #: DP adapters: attention+conditioning (DP-LDM's choice: few parameters, so DP-SGD's noise, whose norm grows with
 #: the parameter count, stays small; the finetune path's), 3 epochs
@@ -37,9 +38,8 @@ ADAPTER_DEFAULTS: dict[str, Any] = {"trainable": "attention+conditioning", "max_
 #: --non-private adapters (public/consented shards): every UNet parameter, 10 epochs, the condition dropped for 90 %
 #: of the records (compartments are sampled from one generic condition, so they must learn the shard's own
 #: unconditional distribution); measured best for access-set purity (README, "Compartments")
-PUBLIC_ADAPTER_DEFAULTS: dict[str, Any] = {"trainable": "all", "max_grad_norm": 1e-2, "lr": 1e-3, "batch_size": 64,
-                                           "physical_batch_size": 64, "epochs": 10, "steps": None,
-                                           "cond_drop_prob": 0.9}
+PUBLIC_ADAPTER_DEFAULTS: dict[str, Any] = {**ADAPTER_DEFAULTS, "trainable": "all", "physical_batch_size": 64,
+                                           "epochs": 10, "cond_drop_prob": 0.9}
 CLASSIFIER_DEFAULTS: dict[str, Any] = {"max_grad_norm": 1.0, "lr": 2e-3, "batch_size": 64, "steps": 300,
                                        "hidden": 128}
 
