@@ -59,6 +59,23 @@ class GenerationBody(BaseModel):
     weights: Literal["posterior", "naive"] | None = Field(
         None, description="With compose: posterior (w = P(shard | x_t), the default) or naive (w = shard size)."
     )
+    eta: float | None = Field(None, description="With compose: DDIM's η in [0, 1] (0 = deterministic DDIM, the "
+                              "default; 1 = ancestral).")
+    base_guidance: float | None = Field(None, description="With compose: g in [1, 10] in ε_base + g (ε̂ − ε_base), "
+                                        "the public base decoder as the weaker model (1 = plain composition).")
+
+
+def _sampler(body: GenerationBody) -> tuple[float, float]:
+    """The composed sampler's (η, g) of a request, checked by the one validator (defaults: η = 0, g = 1)."""
+    from pipeline.compartments.decoder import check_sampler
+    from pipeline.errors import PipelineInputError
+
+    eta = 0.0 if body.eta is None else body.eta
+    base_guidance = 1.0 if body.base_guidance is None else body.base_guidance
+    try:
+        return check_sampler(eta, base_guidance)
+    except PipelineInputError as err:
+        raise InvalidRequest(str(err).replace("--base-guidance", "base_guidance").replace("--eta", "eta")) from err
 
 
 def _error(status: int, kind: str, message: str, request_id: str | None = None) -> JSONResponse:
@@ -201,12 +218,14 @@ def create_app(config: ServeConfig, *, service: Service | None = None) -> Any:
             raise InvalidRequest(f"n must be at most {svc.config.max_images} on this server")
         if body.steps > svc.config.max_steps:
             raise InvalidRequest(f"steps must be at most {svc.config.max_steps} on this server")
-        if body.weights is not None and not body.compose:
-            raise InvalidRequest("weights needs \"compose\": true; leave it out otherwise")
+        for option in ("weights", "eta", "base_guidance"):
+            if getattr(body, option) is not None and not body.compose:
+                raise InvalidRequest(f"{option} needs \"compose\": true; leave it out otherwise")
         request = GenerationRequest(
             prompt=body.prompt, image=body.image, n=body.n, lambda_=body.lambda_, steps=body.steps,
             guidance=body.guidance, shards=None if body.shards is None else tuple(body.shards),
             compose=(body.weights or "posterior") if body.compose else None,
+            sampler=_sampler(body),
         )
         return svc.generate(key, request)
 

@@ -72,11 +72,14 @@ class ComposedDecoders:
     def __init__(self, index_dir: Path, base: Any) -> None:
         self._index_dir = Path(index_dir)
         self._base = base
-        self._entries: dict[tuple[tuple[str, ...], str], _Entry] = {}
+        self._entries: dict[tuple[tuple[str, ...], str, tuple[float, float]], _Entry] = {}
         self._lock = threading.Lock()
 
-    def for_request(self, shards: Sequence[str], weights: str) -> RequestDecoder:
+    def for_request(self, shards: Sequence[str], weights: str,
+                    sampler: tuple[float, float] = (0.0, 1.0)) -> RequestDecoder:
         """The checked composed decoder of ``shards`` (steps 1–3 of the module docstring); nothing is charged.
+
+        ``sampler`` is the request's (η, base guidance g), already checked by ``check_sampler``.
 
         Raises:
             CompartmentsUnavailable: no compartments trained, a shard without one, or compartments unusable with
@@ -106,12 +109,14 @@ class ComposedDecoders:
             parts = tuple(store.shards[name]["sha256"] for name in names)
             parts += (store.classifier["sha256"],) if posterior else ()
             with self._lock:
-                entry = self._entries.get((tuple(names), weights))
+                key = (tuple(names), weights, sampler)
+                entry = self._entries.get(key)
                 if entry is None or entry.parts != parts:
                     composed = ComposedDecoder.from_index(
-                        self._index_dir, decoder=self._base, allowed=names, weights=weights
+                        self._index_dir, decoder=self._base, allowed=names, weights=weights, eta=sampler[0],
+                        base_guidance=sampler[1],
                     )
-                    entry = self._entries[(tuple(names), weights)] = _Entry(parts, composed)
+                    entry = self._entries[key] = _Entry(parts, composed)
         except CompartmentsDamaged as err:
             raise CompartmentsDamagedError(
                 "the compartments of this index are damaged; nothing was charged; the operator retrains them with "

@@ -126,6 +126,7 @@ class GenerationRequest:
     guidance: float
     shards: tuple[str, ...] | None
     compose: str | None = None  # "posterior" or "naive": decode with the shards' compartments composed (CDM)
+    sampler: tuple[float, float] = (0.0, 1.0)  # with compose: (η, base guidance g), checked by check_sampler
 
 
 @dataclass
@@ -275,7 +276,7 @@ class Service:
         if request.compose is not None:  # checked (store verified) before anything is reserved or charged
             from pipeline.generate import DPRDMPipeline
 
-            composed = self.composed.for_request(shards, request.compose)
+            composed = self.composed.for_request(shards, request.compose, request.sampler)
             pipe = DPRDMPipeline(pipe.retriever, self.encoder, composed)
         charged = request.lambda_ > 0.0
         if charged:

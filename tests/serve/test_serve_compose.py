@@ -145,3 +145,27 @@ def test_compose_errors_without_compartments_and_bad_fields(make_index, add_key,
         bad = _post(client, token, **fields)
         assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_request", fields
     assert _charged(index) == {"low": 0, "high": 0} and _used(index) == {"alice": 0}
+
+
+def test_compose_sampler_options_reach_the_composed_decoder_and_are_checked_before_any_charge(
+    index_dir, add_key, serve, decoder_dir
+):
+    from pipeline.decoders import TinyDecoder
+    from pipeline.serve.compose import ComposedDecoders
+
+    token = add_key(index_dir, "alice")
+    client = serve(index_dir)
+    ok = _post(client, token, eta=1.0, base_guidance=1.5)
+    assert ok.status_code == 200, ok.text
+    assert set(ok.json()["shard_weights"]) == {"low", "high"}
+    for fields, says in (({"compose": False, "eta": 1.0}, "eta needs \"compose\""),
+                         ({"compose": False, "base_guidance": 2.0}, "base_guidance needs \"compose\""),
+                         ({"eta": 1.5}, "eta must be in [0, 1]"), ({"base_guidance": 0.5}, "base_guidance must be in")):
+        bad = _post(client, token, **fields)
+        assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_request", fields
+        assert says in bad.json()["error"]["message"], bad.json()
+    assert _charged(index_dir) == {"low": 1, "high": 1} and _used(index_dir) == {"alice": 1}
+    decoders = ComposedDecoders(index_dir, TinyDecoder.from_pretrained(decoder_dir))
+    plain, tuned = (decoders.for_request(["low"], "naive", sampler) for sampler in ((0.0, 1.0), (1.0, 1.5)))
+    assert (plain.eta, plain.base_guidance) == (0.0, 1.0) and (tuned.eta, tuned.base_guidance) == (1.0, 1.5)
+    assert plain.sha256 != tuned.sha256  # a distinct decoder per sampler, its settings in the decoder's hash
