@@ -73,9 +73,9 @@ def _sampler(body: GenerationBody) -> tuple[float, float]:
     eta = 0.0 if body.eta is None else body.eta
     base_guidance = 1.0 if body.base_guidance is None else body.base_guidance
     try:
-        return check_sampler(eta, base_guidance)
+        return check_sampler(eta, base_guidance, names=("eta", "base_guidance"))
     except PipelineInputError as err:
-        raise InvalidRequest(str(err).replace("--base-guidance", "base_guidance").replace("--eta", "eta")) from err
+        raise InvalidRequest(str(err)) from err
 
 
 def _error(status: int, kind: str, message: str, request_id: str | None = None) -> JSONResponse:

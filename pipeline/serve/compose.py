@@ -75,8 +75,7 @@ class ComposedDecoders:
         self._entries: dict[tuple[tuple[str, ...], str, tuple[float, float]], _Entry] = {}
         self._lock = threading.Lock()
 
-    def for_request(self, shards: Sequence[str], weights: str,
-                    sampler: tuple[float, float] = (0.0, 1.0)) -> RequestDecoder:
+    def for_request(self, shards: Sequence[str], weights: str, sampler: tuple[float, float]) -> RequestDecoder:
         """The checked composed decoder of ``shards`` (steps 1–3 of the module docstring); nothing is charged.
 
         ``sampler`` is the request's (η, base guidance g), already checked by ``check_sampler``.
