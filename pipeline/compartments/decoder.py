@@ -32,11 +32,12 @@ __all__ = ["ComposedDecoder", "check_sampler"]
 def check_sampler(eta: float, base_guidance: float, *,
                   names: tuple[str, str] = ("--eta", "--base-guidance")) -> tuple[float, float]:
     """The one validator of the composed sampler's options; ``names`` are how the caller's interface spells them
-    (the CLI's options by default; the service passes its JSON fields)."""
+    (the CLI's options by default; the service passes its JSON fields). The message never repeats the value: the
+    service's 422s never echo what was submitted."""
     if not (isinstance(eta, int | float) and 0.0 <= eta <= 1.0):
-        raise PipelineInputError(f"{names[0]} must be in [0, 1] (DDIM's eta); found {eta!r}")
+        raise PipelineInputError(f"{names[0]} must be in [0, 1] (DDIM's eta)")
     if not (isinstance(base_guidance, int | float) and 1.0 <= base_guidance <= 10.0):
-        raise PipelineInputError(f"{names[1]} must be in [1, 10] (1 = plain composition); found {base_guidance!r}")
+        raise PipelineInputError(f"{names[1]} must be in [1, 10] (1 = plain composition)")
     return float(eta), float(base_guidance)
 
 

@@ -164,6 +164,7 @@ def test_compose_sampler_options_reach_the_composed_decoder_and_are_checked_befo
         bad = _post(client, token, **fields)
         assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_request", fields
         assert says in bad.json()["error"]["message"], bad.json()
+        assert all(str(v) not in bad.json()["error"]["message"] for v in fields.values() if isinstance(v, float))
     assert _charged(index_dir) == {"low": 1, "high": 1} and _used(index_dir) == {"alice": 1}
     decoders = ComposedDecoders(index_dir, TinyDecoder.from_pretrained(decoder_dir))
     plain, tuned = (decoders.for_request(["low"], "naive", sampler) for sampler in ((0.0, 1.0), (1.0, 1.5)))
