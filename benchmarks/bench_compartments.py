@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.compartments.compose import ComposedEps, ddpm_sample, linear_alphas_cumprod  # noqa: E402
 from pipeline.compartments.posterior import ShardPosterior  # noqa: E402
 from pipeline.compartments.toy import load_digits_shards, train_eps  # noqa: E402
+from pipeline.compartments.train import PUBLIC_ADAPTER_DEFAULTS  # noqa: E402
 
 T = 100
 ABAR = linear_alphas_cumprod(T)
@@ -160,8 +161,9 @@ def main(argv=None) -> int:
     parser.add_argument("--classifier-sigma", type=float, default=0.0)
     enc = parser.add_argument_group("--encoder: bundled-decoder adapters on the bundled private digits")
     enc.add_argument("--encoder", action="store_true", help="run the encoder-space benchmark instead")
-    enc.add_argument("--n", type=int, nargs="+", default=[2, 4, 8], help="iid shard counts")
-    enc.add_argument("--epochs", type=int, default=10, help="adapter epochs over each shard")
+    enc.add_argument("--n", type=int, nargs="*", default=[2, 4, 8], help="iid shard counts (none: no iid runs)")
+    enc.add_argument("--epochs", type=int, default=PUBLIC_ADAPTER_DEFAULTS["epochs"],
+                     help="adapter epochs over each shard (the --non-private default)")
     enc.add_argument("--trainable", default="all", help="adapter parameters (non-private rows)")
     enc.add_argument("--eta", type=float, default=1.0, help="DDIM eta of the composed sampler")
     enc.add_argument("--base-guidance", type=float, default=1.5, help="g of the extra class-split rows")
@@ -322,7 +324,7 @@ def encoder_main(args) -> int:
     test_small = digits.downsample(split.private_images[test_rows], size)
     reference = judge.embed(test_small)
     adapter = {"epochs": args.epochs, "batch_size": 64, "physical_batch_size": 64, "lr": args.lr,
-               "trainable": args.trainable}
+               "trainable": args.trainable, "ema_decay": PUBLIC_ADAPTER_DEFAULTS["ema_decay"]}
     classifier = {"steps": args.classifier_steps}
     out_dir = ROOT / "benchmarks" / "results"
     results = {"settings": {"train_digits": len(train_rows), "test_digits": len(test_rows), "samples": args.samples,

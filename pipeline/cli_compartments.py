@@ -55,7 +55,7 @@ def train_cmd(
                                                        "lora (default: attention+conditioning with --epsilon, all with "
                                                        "--non-private).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", metavar="N", show_default=False,
-                                               help="Adapter epochs over each shard (default 3 with --epsilon, 10 with "
+                                               help="Adapter epochs over each shard (default 3 with --epsilon, 20 with "
                                                     "--non-private).")] = None,
     decoder: DecoderOption = None,
     ledger: LedgerOption = None,

@@ -1,7 +1,7 @@
 """CDM on the bundled digits: shards, sampling and a judge (slow test and benchmark helpers).
 
 The shards are bundled PRIVATE MNIST digits (``pipeline.data.load_mnist_split``), written as PNG folders and
-indexed; the compartments are ``attention+conditioning`` adapters of the bundled tiny decoder (16×16, trained on
+indexed; the compartments are adapters of the bundled tiny decoder (16×16, trained on
 public MNIST) trained through :func:`pipeline.compartments.train_compartments`. Samples are drawn with one public
 condition (:func:`public_condition`: the unit mean of the encoder's embeddings of the PUBLIC half, guidance 1) and
 judged by :class:`DigitsJudge`, a small CNN trained on the PUBLIC half at the decoder's resolution (the judge

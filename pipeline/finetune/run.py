@@ -113,6 +113,7 @@ def finetune(
     optimizer: str = "adamw",
     lora_rank: int = 4,
     cond_drop_prob: float = 0.1,
+    ema_decay: float | None = None,
     caller: str | None = None,
     _seed: int | None = None,
 ) -> FineTuneResult:
@@ -128,7 +129,7 @@ def finetune(
             ``epsilon`` and ``noise_multiplier``.
         noise_multiplier: z directly (``--sigma``).
         trainable, max_grad_norm, lr, batch_size, physical_batch_size, epochs, steps, optimizer, lora_rank,
-            cond_drop_prob: see :class:`DPFineTuner`.
+            cond_drop_prob, ema_decay: see :class:`DPFineTuner`.
         caller: label recorded with the charge.
         _seed: TEST HOOK ONLY, not part of the API: seeds every random draw (a known seed voids the guarantee).
 
@@ -155,7 +156,8 @@ def finetune(
         decoder = TinyDecoder.from_pretrained()
     tuner = DPFineTuner(decoder, trainable=trainable, max_grad_norm=max_grad_norm, lr=lr, batch_size=batch_size,
                         physical_batch_size=physical_batch_size, epochs=epochs, steps=steps, optimizer=optimizer,
-                        lora_rank=lora_rank, cond_drop_prob=cond_drop_prob)
+                        lora_rank=lora_rank, cond_drop_prob=cond_drop_prob,
+                        ema_decay=ema_decay)
     out = check_out_dir(out_dir)
     if not isinstance(index, PrivateIndex):
         index = PrivateIndex.open(index)
@@ -234,7 +236,8 @@ def finetune(
         "records": {"trained": n, "shard": records.shard_records, "skipped": len(records.skipped)},
         "conditioning": {"rule": CONDITIONING, "sigma": float(status.sigma), "drop_prob": tuner.cond_drop_prob},
         "training": {"optimizer": tuner.optimizer.value, "lr": tuner.lr, "batch_size": tuner.batch_size,
-                     "physical_batch_size": tuner.physical_batch_size, "epochs": tuner.epochs},
+                     "physical_batch_size": tuner.physical_batch_size, "epochs": tuner.epochs,
+                     "ema_decay": tuner.ema_decay},
         "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "versions": {p: version(p) for p in ("torch", "opacus", "diffusers", "peft", "dp-accounting")},
     }

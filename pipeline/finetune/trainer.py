@@ -102,6 +102,9 @@ class DPFineTuner:
         cond_drop_prob (`float`, defaults to 0.1): probability a record's condition is zeroed (the
             classifier-free-guidance branch, as the bundled decoder was trained).
         grad_sample_mode (`str`, defaults to "hooks"): Opacus per-sample gradient mode ("hooks" or "functorch").
+        ema_decay (`float`, *optional*): return the exponential moving average of the iterates (diffusers
+            ``EMAModel`` at this constant decay, updated after every logical step) instead of the last iterate.
+            A function of the noisy iterates, so post-processing: no privacy cost. None = the last iterate.
 
     Raises:
         PipelineInputError: a bad setting or a decoder that is not a conditioned diffusers UNet.
@@ -123,6 +126,7 @@ class DPFineTuner:
         lora_rank: int = 4,
         cond_drop_prob: float = 0.1,
         grad_sample_mode: str = "hooks",
+        ema_decay: float | None = None,
     ) -> None:
         self.trainable = TrainableMode.parse(trainable)
         self.max_grad_norm = float(check_positive("max grad norm C", max_grad_norm, "--max-grad-norm 0.01"))
@@ -140,6 +144,8 @@ class DPFineTuner:
             raise PipelineInputError(f"cond_drop_prob must be in [0, 1); found {cond_drop_prob!r}")
         if grad_sample_mode not in ("hooks", "functorch"):
             raise PipelineInputError(f"grad_sample_mode must be 'hooks' or 'functorch'; found {grad_sample_mode!r}")
+        if ema_decay is not None and not (isinstance(ema_decay, float) and 0.0 < ema_decay < 1.0):
+            raise PipelineInputError(f"ema_decay must be a number in (0, 1) or None; found {ema_decay!r}; pass e.g. 0.99")
         unet = getattr(decoder, "unet", None)
         config = getattr(unet, "config", None)
         if unet is None or getattr(config, "class_embed_type", None) != "projection":
@@ -153,6 +159,7 @@ class DPFineTuner:
         self.lora_rank = lora_rank
         self.cond_drop_prob = float(cond_drop_prob)
         self.grad_sample_mode = grad_sample_mode
+        self.ema_decay = ema_decay
 
     # -- planning -------------------------------------------------------------------------------------------
     def sample_rate(self, num_records: int) -> float:
@@ -214,6 +221,7 @@ class DPFineTuner:
         Raises:
             PipelineInputError: bad shapes or settings.
         """
+        from diffusers.training_utils import EMAModel
         from opacus.accountants import RDPAccountant
         from opacus.grad_sample.utils import prepare_module
         from opacus.optimizers import DPOptimizer
@@ -268,6 +276,7 @@ class DPFineTuner:
             done[0] += 1
 
         optimizer.attach_step_hook(on_step)
+        ema = None if self.ema_decay is None else EMAModel(params, decay=self.ema_decay, min_decay=self.ema_decay)
         sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=q, generator=sample_gen, steps=steps)
         loader = torch.utils.data.DataLoader(
             list(range(n)), batch_sampler=sampler, collate_fn=lambda rows: torch.tensor(rows, dtype=torch.long))
@@ -292,10 +301,15 @@ class DPFineTuner:
                         pred = model(scheduler.add_noise(x0, eps, t), t, encoder_hidden_states=cond[:, None, :],
                                      class_labels=cond).sample
                         F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3)).mean().backward()
-                    optimizer.step()
+                    taken = done[0]
+                    optimizer.step()  # a logical step (the hook counted it) has updated the parameters now
+                    if ema is not None and done[0] > taken:
+                        ema.step(params)
                     optimizer.zero_grad(set_to_none=True)
         finally:
             model._close()
+        if ema is not None:
+            ema.copy_to(params)
         unet.requires_grad_(False).eval()
         for p in unet.parameters():
             for attr in ("grad_sample", "summed_grad"):

@@ -1,8 +1,8 @@
 """Digits shards {0-4} | {5-9} with REAL compartments: adapters of the bundled decoder, judged by a CNN.
 
 The bundled private MNIST digits of each half (PER_CLASS per class) in a two-shard index, both shards marked public
-for the test; ``train_compartments`` with the ``--non-private`` defaults (every UNet parameter, 10 epochs, condition
-dropout 0.9) and the shard classifier (300 steps). Samples: 200 per model, the public condition (the unit mean of the
+for the test; ``train_compartments`` with the ``--non-private`` defaults (every UNet parameter, 20 epochs, condition
+dropout 0.9, the EMA of the iterates at decay 0.99) and the shard classifier (300 steps). Samples: 200 per model, the public condition (the unit mean of the
 encoder embeddings of the public half), guidance 1, DDIM 50 steps with η = 1; the access sets also with base
 guidance g = 1.5 and 2 (ε_base + g (ε_A − ε_base), the public base decoder as the weaker model). The judge is
 :class:`pipeline.compartments.digits.DigitsJudge`, a small CNN trained on the PUBLIC half (0.986 / 0.976 of the real
@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.drill]  # ~11 min on one thread: CI runs it, a local `make test` skips it
+pytestmark = [pytest.mark.slow, pytest.mark.drill]  # ~18 min on one thread: CI runs it, a local `make test` skips it
 
 PER_CLASS = 250
 SAMPLES = 200
@@ -64,20 +64,21 @@ def figures(tmp_path_factory):
     return out
 
 
-def test_access_sets_keep_their_shards_classes_far_above_the_bundled_decoder(figures):
-    """Each access set's samples stay in its shard's classes: >= 0.85, and >= the bundled decoder's share + 0.3.
+def test_access_sets_keep_their_shards_classes(figures):
+    """The issue's figure: with base guidance (g = 1.5 and 2) each access set puts >= 95 % of its samples in its
+    shard's classes; the plain composition (g = 1) >= 90 %; always >= the bundled decoder's share + 0.3.
 
-    Seeded figures (README): {a} 0.935 / 0.92 / 0.875 and {b} 0.90 / 0.945 / 0.955 at g = 1 / 1.5 / 2, against the
-    bundled decoder's 0.465 / 0.535. The issue's 0.95 is not reached by both at any g: see the README's limits.
+    Seeded figures (README): {a} 0.95 / 0.99 / 0.97 and {b} 0.945 / 0.97 / 0.99 at g = 1 / 1.5 / 2, against the
+    bundled decoder's 0.465 / 0.535; the judge itself puts 0.986 / 0.976 of REAL {0-4} / {5-9} digits in their half.
     """
     base_a = figures["base"]["in_classes"]
-    for g in ("1", "1.5", "2"):
-        assert figures[f"only_a_g{g}"]["in_classes"] >= max(0.85, base_a + 0.3)
-        assert figures[f"only_b_g{g}"]["in_classes"] >= max(0.85, (1.0 - base_a) + 0.3)
+    for g, floor in (("1", 0.90), ("1.5", 0.95), ("2", 0.95)):
+        assert figures[f"only_a_g{g}"]["in_classes"] >= max(floor, base_a + 0.3)
+        assert figures[f"only_b_g{g}"]["in_classes"] >= max(floor, (1.0 - base_a) + 0.3)
 
 
 def test_naive_composition_makes_more_hybrids_than_the_posterior(figures):
-    """Ambiguous samples (mass on {0-4} in (0.2, 0.8)): naive 0.28 vs posterior 0.10 (seeded); the posterior's
+    """Ambiguous samples (mass on {0-4} in (0.2, 0.8)): naive 0.26 vs posterior 0.07 (seeded); the posterior's
     {0-4} share lies between the two access sets'."""
     assert figures["naive"]["ambiguous"] >= 1.5 * figures["posterior"]["ambiguous"]
     low, high = 1.0 - figures["only_b_g1"]["in_classes"], figures["only_a_g1"]["in_classes"]

@@ -177,6 +177,20 @@ def test_seeded_runs_reproduce_and_unseeded_differ(decoder: TinyDecoder) -> None
     assert any(not torch.equal(c.state[n], d.state[n]) for n in c.state)
 
 
+def test_ema_returns_the_moving_average_of_the_logical_steps_iterates(decoder: TinyDecoder) -> None:
+    """A seeded run's first k steps are the k-step run, so the iterates p1, p2, p3 are known: with decay d the EMA
+    run returns d (d p1 + (1 - d) p2) + (1 - d) p3 (diffusers' EMAModel starts from the first iterate), updated once
+    per LOGICAL step although each logical batch is split into physical ones."""
+    d = 0.5
+    iterates = [_fit(decoder, steps=k, seed=3, mode="all").state for k in (1, 2, 3)]
+    averaged = _fit(decoder, steps=3, seed=3, mode="all", ema_decay=d)
+    assert averaged.steps == 3
+    for name, value in averaged.state.items():
+        p1, p2, p3 = (it[name] for it in iterates)
+        torch.testing.assert_close(value, d * (d * p1 + (1 - d) * p2) + (1 - d) * p3, rtol=0, atol=1e-6)
+    assert any(not torch.equal(averaged.state[n], iterates[2][n]) for n in averaged.state)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -186,8 +200,10 @@ def test_seeded_runs_reproduce_and_unseeded_differ(decoder: TinyDecoder) -> None
         ({"batch_size": 0}, "batch size must be"),
         ({"lr": float("nan")}, "learning rate must be"),
         ({"optimizer": "lion"}, "optimizer must be"),
+        ({"ema_decay": 1.0}, "ema_decay must be"),
+        ({"ema_decay": 0.0}, "ema_decay must be"),
     ],
-    ids=["C0", "Cneg", "mode", "batch0", "lr-nan", "optimizer"],
+    ids=["C0", "Cneg", "mode", "batch0", "lr-nan", "optimizer", "ema1", "ema0"],
 )
 def test_bad_settings_refused(decoder: TinyDecoder, kwargs: dict, match: str) -> None:
     with pytest.raises(PipelineInputError, match=match):
