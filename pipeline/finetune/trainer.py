@@ -104,7 +104,9 @@ class DPFineTuner:
         grad_sample_mode (`str`, defaults to "hooks"): Opacus per-sample gradient mode ("hooks" or "functorch").
         ema_decay (`float`, *optional*): return the exponential moving average of the iterates (diffusers
             ``EMAModel`` at this constant decay, updated after every logical step) instead of the last iterate.
-            A function of the noisy iterates, so post-processing: no privacy cost. None = the last iterate.
+            The iterates are functions of the noisy gradient releases the training event accounts for, so
+            their average is post-processing (Dwork & Roth 2014, Prop. 2.1): no extra privacy cost. None = the
+            last iterate.
 
     Raises:
         PipelineInputError: a bad setting or a decoder that is not a conditioned diffusers UNet.
@@ -145,7 +147,8 @@ class DPFineTuner:
         if grad_sample_mode not in ("hooks", "functorch"):
             raise PipelineInputError(f"grad_sample_mode must be 'hooks' or 'functorch'; found {grad_sample_mode!r}")
         if ema_decay is not None and not (isinstance(ema_decay, float) and 0.0 < ema_decay < 1.0):
-            raise PipelineInputError(f"ema_decay must be a number in (0, 1) or None; found {ema_decay!r}; pass e.g. 0.99")
+            raise PipelineInputError(
+                f"ema_decay must be a number in (0, 1) or None; found {ema_decay!r}; pass e.g. 0.99")
         unet = getattr(decoder, "unet", None)
         config = getattr(unet, "config", None)
         if unet is None or getattr(config, "class_embed_type", None) != "projection":

@@ -2,9 +2,10 @@
 
 The bundled private MNIST digits of each half (PER_CLASS per class) in a two-shard index, both shards marked public
 for the test; ``train_compartments`` with the ``--non-private`` defaults (every UNet parameter, 20 epochs, condition
-dropout 0.9, the EMA of the iterates at decay 0.99) and the shard classifier (300 steps). Samples: 200 per model, the public condition (the unit mean of the
-encoder embeddings of the public half), guidance 1, DDIM 50 steps with η = 1; the access sets also with base
-guidance g = 1.5 and 2 (ε_base + g (ε_A − ε_base), the public base decoder as the weaker model). The judge is
+dropout 0.9, the EMA of the iterates at decay 0.99) and the shard classifier (300 steps). Samples: 200 per model,
+the public condition (the unit mean of the encoder embeddings of the public half), guidance 1, DDIM 50 steps with
+η = 1; the access sets also with base guidance g = 1.5 and 2 (ε_base + g (ε_A − ε_base), the public base decoder as
+the weaker model). The judge is
 :class:`pipeline.compartments.digits.DigitsJudge`, a small CNN trained on the PUBLIC half (0.986 / 0.976 of the real
 {0-4} / {5-9} digits land in their half). Seeded; ``CDM_FIGURES=1 pytest -s`` prints the figures (README).
 """
